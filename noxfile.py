@@ -62,6 +62,7 @@ def tests(session: nox.Session) -> None:
         "-m",
         "pytest",
         "--timeout=900",
+        "tests",
         *[f"packages/{p}/tests" for p in PACKAGES],
         *session.posargs,
         env={"TRITON_INTERPRET": "1", "TOKENIZERS_PARALLELISM": "false"},

@@ -1,0 +1,71 @@
+"""Engine logprobs (`list[dict[token_id, Logprob]]`) in OpenAI's and TGI's formats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def token_text(tokenizer: Any, token_id: int, lp: Any | None) -> str:
+    if lp is not None and getattr(lp, "decoded_token", None) is not None:
+        return lp.decoded_token
+    return tokenizer.decode([token_id])
+
+
+def chosen_logprob(position: dict[int, Any] | None, token_id: int) -> float | None:
+    if not position or token_id not in position:
+        return None
+    return float(position[token_id].logprob)
+
+
+def _top(position: dict[int, Any]) -> list[tuple[int, Any]]:
+    """Entries by rank (the sampled token may sit outside the top-k, then it goes last)."""
+    return sorted(position.items(), key=lambda kv: (kv[1].rank is None, kv[1].rank or 0))
+
+
+def completion_logprobs(
+    tokenizer: Any,
+    token_ids: list[int],
+    positions: list[dict[int, Any] | None],
+    num_top: int,
+    offset: int = 0,
+) -> dict[str, list[Any]]:
+    """The legacy completions `logprobs` object for these tokens."""
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    for tid, pos in zip(token_ids, positions, strict=False):
+        lp = pos.get(tid) if pos else None
+        text = token_text(tokenizer, tid, lp)
+        tokens.append(text)
+        token_logprobs.append(chosen_logprob(pos, tid))
+        offsets.append(offset)
+        offset += len(text)
+        if pos is None:
+            tops.append(None)
+            continue
+        top: dict[str, float] = {}
+        for other, olp in _top(pos)[: max(num_top, 1)]:
+            top.setdefault(token_text(tokenizer, other, olp), float(olp.logprob))
+        tops.append(top)
+    return {
+        "text_offset": offsets,
+        "token_logprobs": token_logprobs,
+        "tokens": tokens,
+        "top_logprobs": tops,
+    }
+
+
+def _entry(tokenizer: Any, token_id: int, lp: Any) -> dict[str, Any]:
+    text = token_text(tokenizer, token_id, lp)
+    return {"token": text, "logprob": float(lp.logprob), "bytes": list(text.encode("utf-8"))}
+
+
+def chat_logprobs(
+    tokenizer: Any, token_ids: list[int], positions: list[dict[int, Any]], num_top: int
+) -> dict[str, Any]:
+    """The chat `logprobs` object: content entries with their top alternatives."""
+    content = []
+    for tid, pos in zip(token_ids, positions, strict=False):
+        entry = _entry(tokenizer, tid, pos[tid])
+        ranked = [(o, lp) for o, lp in _top(pos) if lp.rank is not None][:num_top]
+        entry["top_logprobs"] = [_entry(tokenizer, o, lp) for o, lp in ranked]
+        content.append(entry)
+    return {"content": content, "refusal": None}

@@ -1,0 +1,161 @@
+"""POST /v1/chat/completions: messages through the tokenizer's chat template.
+
+Streams follow OpenAI: each choice's first chunk carries `delta.role = "assistant"`, content
+deltas follow, the last chunk of a choice carries its finish_reason, and with
+`stream_options.include_usage` a final chunk has empty choices and the usage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from leaflm.gateway.errors import bad_request
+from leaflm.gateway.generation import (
+    Prompt,
+    PromptResult,
+    collect,
+    new_id,
+    run,
+    usage,
+)
+from leaflm.gateway.logprobs import chat_logprobs
+from leaflm.gateway.routes.common import first_or_400, now, serve_generation
+from leaflm.gateway.sampling import chat_params, check_max_tokens, openai_finish_reason
+from leaflm.gateway.schemas.openai import ChatCompletionRequest, ChatMessage
+from leaflm.gateway.state import Gateway
+from leaflm.gateway.streams import SSE_DONE, close_quietly, sse
+
+
+def _plain(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Messages as the chat template expects them (text content only)."""
+    if not messages:
+        raise bad_request("messages must not be empty", param="messages")
+    plain = []
+    for i, m in enumerate(messages):
+        content = m.content
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if part.type != "text" or part.text is None:
+                    raise bad_request(
+                        f"messages[{i}].content: only text parts are supported, got {part.type!r}",
+                        param="messages",
+                    )
+                texts.append(part.text)
+            content = "".join(texts)
+        plain.append({"role": m.role, "content": content or ""})
+    return plain
+
+
+def render_chat(gw: Gateway, messages: list[ChatMessage], add_generation_prompt: bool) -> Prompt:
+    """The prompt the chat template makes of these messages."""
+    tok = gw.tokenizer
+    if not getattr(tok, "chat_template", None):
+        raise bad_request("this model has no chat template; use /v1/completions", param="messages")
+    try:
+        text = tok.apply_chat_template(
+            _plain(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except Exception as exc:  # jinja raises its own errors for messages it cannot render
+        raise bad_request(f"messages could not be rendered by the chat template: {exc}") from exc
+    return Prompt(text, list(tok.encode(text, add_special_tokens=False)))
+
+
+def _choice_logprobs(gw: Gateway, body: ChatCompletionRequest, c: Any) -> dict | None:
+    if not body.logprobs or c.logprobs is None:
+        return None
+    return chat_logprobs(gw.tokenizer, list(c.token_ids), list(c.logprobs), body.top_logprobs or 0)
+
+
+def _response(gw: Gateway, body: ChatCompletionRequest, rid: str, result: PromptResult) -> dict:
+    choices = [
+        {
+            "index": j,
+            "message": {"role": "assistant", "content": c.text, "refusal": None},
+            "logprobs": _choice_logprobs(gw, body, c),
+            "finish_reason": openai_finish_reason(c.finish_reason),
+        }
+        for j, c in enumerate(result.ordered())
+    ]
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": now(),
+        "model": gw.model_name,
+        "choices": choices,
+        "usage": usage([result]),
+        "system_fingerprint": None,
+    }
+
+
+async def _stream(
+    gw: Gateway, body: ChatCompletionRequest, rid: str, prompt: Prompt,
+    outputs: AsyncIterator[tuple[int, Any]],
+) -> AsyncIterator[str]:  # fmt: skip
+    created, include_usage = now(), bool(body.stream_options and body.stream_options.include_usage)
+    result = PromptResult(prompt)
+
+    def chunk(choices: list[dict], usage_: dict | None = None) -> str:
+        data = {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": gw.model_name,
+            "choices": choices,
+            "system_fingerprint": None,
+        }
+        if include_usage:
+            data["usage"] = usage_
+        return sse(data)
+
+    try:
+        yield chunk(
+            [
+                {"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                 "finish_reason": None}
+                for j in range(body.n)
+            ]
+        )  # fmt: skip
+        async for _, out in outputs:
+            result.add(out)
+            choices = [
+                {
+                    "index": c.index,
+                    "delta": {"content": c.text} if c.text or c.finish_reason is None else {},
+                    "logprobs": _choice_logprobs(gw, body, c),
+                    "finish_reason": openai_finish_reason(c.finish_reason),
+                }
+                for c in out.outputs
+            ]
+            if choices:
+                yield chunk(choices)
+        if include_usage:
+            yield chunk([], usage([result]))
+        yield SSE_DONE
+    finally:
+        await close_quietly(outputs)
+
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    async def respond(gw: Gateway) -> Any:
+        prompt = render_chat(gw, body.messages, body.add_generation_prompt)
+        field = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
+        requested = getattr(body, field)
+        max_tokens = check_max_tokens(requested, len(prompt.token_ids), gw.max_model_len, field)
+        params = chat_params(body, max_tokens)
+        rid = new_id("chatcmpl")
+        if body.stream:
+            outputs = await first_or_400(run(gw, [prompt], [params], rid))
+            return _stream(gw, body, rid, prompt, outputs), None
+        results = await collect(gw, [prompt], [params], rid)
+        return _response(gw, body, rid, results[0])
+
+    return await serve_generation(request, body.model, respond)

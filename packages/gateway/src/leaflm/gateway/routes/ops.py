@@ -1,0 +1,98 @@
+"""Operational routes: /health, /metrics, /version, /v1/models, /tokenize, /detokenize."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from leaflm.gateway import __version__
+from leaflm.gateway.errors import APIError, bad_request
+from leaflm.gateway.generation import tokenize_prompt
+from leaflm.gateway.routes.chat import render_chat
+from leaflm.gateway.schemas.ops import DetokenizeRequest, TokenizeRequest
+from leaflm.gateway.state import gateway_of
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    """200 when the engine can take requests, 503 while loading or shutting down."""
+    gw = gateway_of(request)
+    try:
+        gw.admission.check_ready()
+    except APIError as err:
+        return JSONResponse(
+            {"status": "unavailable", "message": err.message},
+            status_code=503,
+            headers={"Retry-After": str(err.retry_after)},
+        )
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(gateway_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/version")
+async def version() -> dict:
+    try:
+        from leaflm.engine import __version__ as engine_version
+    except ImportError:  # the gateway may be installed against a foreign engine object
+        engine_version = None
+    return {"version": __version__, "engine_version": engine_version}
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict:
+    gw = gateway_of(request)
+    gw.authorize(request)
+    gw.admission.check_ready()
+    card = {
+        "id": gw.model_name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "leaflm",
+        "root": str(getattr(gw.engine.model_config, "model", gw.model_name)),
+        "max_model_len": gw.max_model_len,
+    }
+    return {"object": "list", "data": [card]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def model(model_id: str, request: Request) -> dict:
+    listing = await models(request)
+    gateway_of(request).check_model(model_id)
+    return listing["data"][0]
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> dict:
+    gw = gateway_of(request)
+    gw.authorize(request)
+    gw.admission.check_ready()
+    gw.check_model(body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise bad_request("send exactly one of prompt or messages")
+    if body.messages is not None:
+        ids = render_chat(gw, body.messages, body.add_generation_prompt).token_ids
+    elif body.add_special_tokens:
+        ids = tokenize_prompt(gw, body.prompt).token_ids if body.prompt else []
+    else:
+        ids = list(gw.tokenizer.encode(body.prompt, add_special_tokens=False))
+    return {"tokens": ids, "count": len(ids), "max_model_len": gw.max_model_len}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request) -> dict:
+    gw = gateway_of(request)
+    gw.authorize(request)
+    gw.admission.check_ready()
+    gw.check_model(body.model)
+    vocab = len(gw.tokenizer)
+    bad = [t for t in body.tokens if not 0 <= t < vocab]
+    if bad:
+        raise bad_request(f"tokens outside the vocabulary [0, {vocab}): {bad[:5]}", param="tokens")
+    return {"prompt": gw.tokenizer.decode(body.tokens)}

@@ -1,0 +1,164 @@
+"""Request fields -> engine `SamplingParams`, for the OpenAI and TGI dialects.
+
+OpenAI defaults follow the API (temperature 1, top_p 1); TGI's follow TGI: greedy unless
+`do_sample` or a sampling warper (temperature, top_k, top_p, typical_p) is given, which is
+why its clients' `temperature: 0.01` style values work. Value checks live in
+`SamplingParams`; its ValueError (naming the field) becomes a 400 here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from leaflm.gateway.errors import APIError, bad_request, from_value_error
+from leaflm.gateway.schemas.openai import ChatCompletionRequest, CompletionRequest, SamplingExtras
+from leaflm.gateway.schemas.tgi import GenerateParameters
+
+SAMPLING_FIELDS = (
+    "n", "best_of", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
+    "frequency_penalty", "repetition_penalty", "seed", "stop", "stop_token_ids", "ignore_eos",
+    "max_tokens", "min_tokens", "logprobs", "prompt_logprobs", "top_logprobs",
+)  # fmt: skip
+MAX_LOGPROBS = 20
+
+
+def make_params(**kwargs: Any) -> Any:
+    """Build SamplingParams; a ValueError becomes a 400 naming the field."""
+    from leaflm.engine import SamplingParams
+
+    try:
+        return SamplingParams(**kwargs)
+    except ValueError as exc:
+        raise from_value_error(exc, SAMPLING_FIELDS) from exc
+    except TypeError as exc:  # a value of the wrong type slipped through
+        raise bad_request(str(exc)) from exc
+
+
+def check_max_tokens(
+    max_tokens: int | None, prompt_len: int, max_model_len: int, field: str = "max_tokens"
+) -> int:
+    """The effective max_tokens; 400 when prompt + max_tokens exceed the context window."""
+    if prompt_len >= max_model_len:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {max_model_len} tokens, but the prompt "
+            f"has {prompt_len} tokens. Please shorten the prompt.",
+            param="prompt" if field != "max_new_tokens" else "inputs",
+            code="context_length_exceeded",
+        )
+    room = max_model_len - prompt_len
+    if max_tokens is None:
+        return room
+    if max_tokens < 1:
+        raise bad_request(f"{field} must be >= 1, got {max_tokens}", param=field)
+    if max_tokens > room:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {prompt_len + max_tokens} tokens ({prompt_len} in the prompt, "
+            f"{max_tokens} for the completion; {field}={max_tokens}). Please reduce {field}.",
+            param=field,
+            code="context_length_exceeded",
+        )
+    return max_tokens
+
+
+def _common(req: SamplingExtras) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "n": req.n,
+        "best_of": req.best_of,
+        "presence_penalty": req.presence_penalty,
+        "frequency_penalty": req.frequency_penalty,
+        "seed": req.seed,
+        "stop": req.stop,
+        "stop_token_ids": req.stop_token_ids,
+        "ignore_eos": req.ignore_eos,
+        "min_tokens": req.min_tokens,
+        "skip_special_tokens": req.skip_special_tokens,
+        "output_kind": "delta",
+    }
+    optional = {
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "top_k": req.top_k,
+        "min_p": req.min_p,
+        "repetition_penalty": req.repetition_penalty,
+    }
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    if req.stream and req.best_of is not None and req.best_of > req.n:
+        raise bad_request("best_of > n is not supported when streaming", param="best_of")
+    return kwargs
+
+
+def _check_logprobs(value: int | None, field: str) -> None:
+    if value is not None and not 0 <= value <= MAX_LOGPROBS:
+        raise bad_request(f"{field} must be in [0, {MAX_LOGPROBS}], got {value}", param=field)
+
+
+def completion_params(req: CompletionRequest, max_tokens: int) -> Any:
+    _check_logprobs(req.logprobs, "logprobs")
+    kwargs = _common(req)
+    kwargs["max_tokens"] = max_tokens
+    kwargs["logprobs"] = req.logprobs
+    if req.echo and req.logprobs is not None:
+        kwargs["prompt_logprobs"] = req.logprobs
+    return make_params(**kwargs)
+
+
+def chat_params(req: ChatCompletionRequest, max_tokens: int) -> Any:
+    _check_logprobs(req.top_logprobs, "top_logprobs")
+    if req.top_logprobs and not req.logprobs:
+        raise bad_request("top_logprobs requires logprobs=true", param="top_logprobs")
+    kwargs = _common(req)
+    kwargs["max_tokens"] = max_tokens
+    kwargs["logprobs"] = (req.top_logprobs or 0) if req.logprobs else None
+    return make_params(**kwargs)
+
+
+def tgi_params(p: GenerateParameters, max_new_tokens: int) -> Any:
+    """TGI semantics: always report the sampled token's logprob (TGI tokens carry it)."""
+    if p.temperature is not None and p.temperature <= 0:
+        raise bad_request(
+            f"temperature must be strictly positive, got {p.temperature}", param="temperature"
+        )
+    if p.top_p is not None and not 0 < p.top_p <= 1:
+        raise bad_request(f"top_p must be in (0, 1], got {p.top_p}", param="top_p")
+    if p.top_k is not None and p.top_k <= 0:
+        raise bad_request(f"top_k must be strictly positive, got {p.top_k}", param="top_k")
+    if p.typical_p is not None and p.typical_p < 1.0:
+        raise bad_request("typical_p is not supported by leaflm", param="typical_p")
+    _check_logprobs(p.top_n_tokens, "top_n_tokens")
+    sampling = p.do_sample or any(v is not None for v in (p.temperature, p.top_k, p.top_p))
+    kwargs: dict[str, Any] = {
+        "n": 1,
+        "best_of": p.best_of if p.best_of and p.best_of > 1 else None,
+        "temperature": (p.temperature if p.temperature is not None else 1.0) if sampling else 0.0,
+        "top_p": p.top_p if p.top_p is not None else 1.0,
+        "top_k": p.top_k if p.top_k is not None else -1,
+        "repetition_penalty": p.repetition_penalty or 1.0,
+        "frequency_penalty": p.frequency_penalty or 0.0,
+        "seed": p.seed,
+        "stop": p.stop,
+        "max_tokens": max_new_tokens,
+        "logprobs": p.top_n_tokens or 0,
+        "prompt_logprobs": 0 if p.decoder_input_details else None,
+        "output_kind": "delta",
+    }
+    if kwargs["best_of"] and not sampling:
+        raise bad_request("best_of > 1 requires sampling (do_sample=true)", param="best_of")
+    return make_params(**kwargs)
+
+
+def openai_finish_reason(reason: str | None) -> str | None:
+    """OpenAI knows only stop and length; an engine abort reads as stop."""
+    if reason is None:
+        return None
+    return "length" if reason == "length" else "stop"
+
+
+def tgi_finish_reason(reason: str | None, stop_reason: int | str | None) -> str:
+    if reason == "length":
+        return "length"
+    if isinstance(stop_reason, str):
+        return "stop_sequence"
+    return "eos_token"

@@ -1,0 +1,81 @@
+"""The per-app state every route reads: engine, settings, admission, metrics, tokenizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+
+from leaflm.gateway.admission import Admission, check_api_key
+from leaflm.gateway.errors import APIError
+from leaflm.gateway.metrics import Metrics
+from leaflm.gateway.settings import GatewaySettings
+
+
+class Gateway:
+    """Binds one engine (anything with AsyncLLM's interface) to one app."""
+
+    def __init__(self, engine: Any | None, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.admission = Admission(settings.max_queue, settings.retry_after_s)
+        self.metrics = Metrics(self._stats)
+        self.engine: Any | None = None
+        self.tokenizer: Any | None = None
+        if engine is not None:
+            self.attach(engine)
+
+    def attach(self, engine: Any) -> None:
+        """Serve `engine` from now on (the server may start before the model is loaded)."""
+        self.engine = engine
+        self.tokenizer = engine.get_tokenizer()
+        self.admission.ready = True
+
+    def _stats(self) -> Any | None:
+        return self.engine.stats() if self.engine is not None else None
+
+    @property
+    def model_name(self) -> str:
+        if self.settings.served_model_name:
+            return self.settings.served_model_name
+        config = self.engine.model_config if self.engine is not None else None
+        name = getattr(config, "served_name", None) or getattr(config, "model", None)
+        return str(name) if name else "leaflm"
+
+    @property
+    def max_model_len(self) -> int:
+        return int(self.engine.model_config.max_model_len)
+
+    def check_model(self, requested: str | None) -> None:
+        """404 unless `requested` names the served model (or its path)."""
+        if requested is None or requested == self.model_name:
+            return
+        root = getattr(self.engine.model_config, "model", None) if self.engine else None
+        if root is not None and requested == str(root):
+            return
+        raise APIError(
+            404,
+            f"The model '{requested}' does not exist. This server serves '{self.model_name}'.",
+            param="model",
+            code="model_not_found",
+        )
+
+    def authorize(self, request: Request) -> None:
+        check_api_key(request, self.settings.api_key)
+
+    def admit(self, request: Request) -> None:
+        """Auth, readiness and queue checks for one generation request; pair with `done`."""
+        try:
+            self.authorize(request)
+            self.admission.acquire()
+        except APIError as err:
+            self.metrics.rejected.labels(status=str(err.status)).inc()
+            raise
+        self.metrics.in_flight.set(self.admission.in_flight)
+
+    def done(self) -> None:
+        self.admission.release()
+        self.metrics.in_flight.set(self.admission.in_flight)
+
+
+def gateway_of(request: Request) -> Gateway:
+    return request.app.state.gateway

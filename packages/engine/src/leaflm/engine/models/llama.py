@@ -1,0 +1,172 @@
+"""The LLaMA family: Llama (1/2/3), Mistral (sliding window) and Qwen2 (QKV bias).
+
+They share one implementation: GQA attention over the paged cache with RoPE (scaling from
+the config), a SiLU-gated MLP, pre-norm RMSNorm blocks, and an optionally tied LM head.
+Module names mirror HF's so checkpoints load by name; q/k/v and gate/up are merged into one
+matmul each (`packed_modules` tells the loader where each HF tensor goes).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from leaflm.engine.forward_context import ForwardContext
+from leaflm.engine.layers.activation import SiluAndMul
+from leaflm.engine.layers.attention import Attention
+from leaflm.engine.layers.embedding import LMHead, VocabEmbedding
+from leaflm.engine.layers.linear import Linear, MergedLinear
+from leaflm.engine.layers.norm import RMSNorm
+from leaflm.engine.layers.rotary import RotaryEmbedding, rope_config
+
+
+def layer_sliding_window(cfg: Any, layer_idx: int) -> int | None:
+    """The sliding window of one layer: per `layer_types` when given, else `sliding_window`."""
+    window = getattr(cfg, "sliding_window", None)
+    layer_types = getattr(cfg, "layer_types", None)
+    if layer_types is not None:
+        return window if layer_types[layer_idx] == "sliding_attention" else None
+    if getattr(cfg, "use_sliding_window", True) is False:
+        return None
+    return window or None
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: Any, layer_idx: int, rotary: RotaryEmbedding, qkv_bias: bool) -> None:
+        super().__init__()
+        hidden = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or hidden // self.num_heads
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = MergedLinear(
+            hidden, [self.q_size, self.kv_size, self.kv_size], bias=qkv_bias
+        )
+        self.o_proj = Linear(self.q_size, hidden, bias=getattr(cfg, "attention_bias", False))
+        self.rotary = rotary
+        self.attn = Attention(
+            layer_idx,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.head_dim**-0.5,
+            sliding_window=layer_sliding_window(cfg, layer_idx),
+        )
+
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        self.rotary(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, ctx))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        inter, bias = cfg.intermediate_size, getattr(cfg, "mlp_bias", False)
+        self.gate_up_proj = MergedLinear(cfg.hidden_size, [inter, inter], bias=bias)
+        self.down_proj = Linear(inter, cfg.hidden_size, bias=bias)
+        self.act = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: Any, layer_idx: int, rotary: RotaryEmbedding, qkv_bias: bool) -> None:
+        super().__init__()
+        eps = getattr(cfg, "rms_norm_eps", 1e-6)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.self_attn = LlamaAttention(cfg, layer_idx, rotary, qkv_bias)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.mlp = LlamaMLP(cfg)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        ctx: ForwardContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, ctx)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: Any, qkv_bias: bool) -> None:
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        rot_dim = int(head_dim * getattr(cfg, "partial_rotary_factor", 1.0))
+        base, scaling = rope_config(cfg)
+        rotary = RotaryEmbedding(
+            head_dim, rot_dim, cfg.max_position_embeddings, base, scaling, is_neox=True
+        )
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(cfg, i, rotary, qkv_bias) for i in range(cfg.num_hidden_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, getattr(cfg, "rms_norm_eps", 1e-6))
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, ctx)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class LlamaForCausalLM(nn.Module):
+    """Llama/Mistral/Qwen2 causal LM: `forward` gives hidden states, `compute_logits` logits."""
+
+    qkv_bias: ClassVar[bool] = False
+    # HF tensor name piece -> (merged module name piece, shard index)
+    packed_modules: ClassVar[dict[str, tuple[str, int]]] = {
+        "q_proj": ("qkv_proj", 0),
+        "k_proj": ("qkv_proj", 1),
+        "v_proj": ("qkv_proj", 2),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+    ignored_weights: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaModel(cfg, self.qkv_bias)
+        tied = bool(getattr(cfg, "tie_word_embeddings", False))
+        self.lm_head = LMHead(
+            cfg.vocab_size, cfg.hidden_size, self.model.embed_tokens if tied else None
+        )
+        self.tied_weights = {"lm_head.weight"} if tied else set()
+        attn = self.model.layers[0].self_attn
+        self.num_kv_heads, self.head_dim = attn.num_kv_heads, attn.head_dim
+        self.num_layers = cfg.num_hidden_layers
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        return self.model(input_ids, positions, ctx)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    pass
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    qkv_bias = True

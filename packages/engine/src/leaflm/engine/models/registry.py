@@ -1,0 +1,53 @@
+"""Which leaflm class implements an HF config: by `architectures`, then by `model_type`.
+
+Entries are "module:Class" strings imported on demand, so adding an architecture costs one
+line here and importing the registry loads no model code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_MODELS: dict[str, str] = {
+    "LlamaForCausalLM": "leaflm.engine.models.llama:LlamaForCausalLM",
+    "MistralForCausalLM": "leaflm.engine.models.llama:MistralForCausalLM",
+    "Qwen2ForCausalLM": "leaflm.engine.models.llama:Qwen2ForCausalLM",
+}
+
+_MODEL_TYPES: dict[str, str] = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
+
+
+def register_model(architecture: str, target: str, model_type: str | None = None) -> None:
+    """Add an architecture: `target` is "package.module:ClassName"."""
+    _MODELS[architecture] = target
+    if model_type is not None:
+        _MODEL_TYPES[model_type] = architecture
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_MODELS)
+
+
+def resolve_model_class(hf_config: Any) -> type:
+    """The model class for an HF config, or a ValueError naming the unsupported architecture."""
+    names = list(getattr(hf_config, "architectures", None) or [])
+    model_type = getattr(hf_config, "model_type", None)
+    for name in names:
+        if name in _MODELS:
+            return _load(_MODELS[name])
+    if model_type in _MODEL_TYPES:
+        return _load(_MODELS[_MODEL_TYPES[model_type]])
+    shown = ", ".join(names) or f"model_type={model_type!r}"
+    raise ValueError(
+        f"unsupported model architecture {shown}; supported: {', '.join(supported_architectures())}"
+    )
+
+
+def _load(target: str) -> type:
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)

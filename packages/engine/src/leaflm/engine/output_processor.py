@@ -1,0 +1,131 @@
+"""After sampling: append tokens and logprobs, detokenize, check stops, shape outputs.
+
+Text is decoded incrementally while a request streams; for requests that only want the
+final result and have no stop strings, decoding waits until they finish (one decode instead
+of one per step). Outputs are shaped per `output_kind`: cumulative, delta (only what is new,
+only the completions that changed) or final_only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from leaflm.engine.detokenizer import IncrementalDetokenizer
+from leaflm.engine.outputs import CompletionOutput, Logprob, RequestOutput
+from leaflm.engine.sequence import Request, Sequence
+from leaflm.engine.stop_checker import check_stop, stop_by_token, stop_holdback
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer: Any, max_model_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+
+    def decode_token(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def logprob_entry(
+        self, token: int, logprob: float, rank: int, top_ids: list[int], top_lps: list[float]
+    ) -> dict[int, Logprob]:
+        """vLLM's shape: the chosen token plus the top-n, each with rank and text."""
+        entry = {token: Logprob(logprob, rank, self.decode_token(token))}
+        for r, (tid, lp) in enumerate(zip(top_ids, top_lps, strict=True), start=1):
+            if tid not in entry:
+                entry[tid] = Logprob(lp, r, self.decode_token(tid))
+        return entry
+
+    def append_token(self, seq: Sequence, token: int) -> None:
+        """Add a sampled token to `seq`, update its text and decide whether it stops."""
+        seq.token_ids.append(token)
+        if stop_by_token(seq):
+            return
+        params = seq.request.params
+        if params.output_kind == "final_only" and not params.stop:
+            limit = params.max_tokens if params.max_tokens is not None else float("inf")
+            if seq.num_output_tokens >= limit or seq.num_tokens >= self.max_model_len:
+                seq.finish_reason = "length"
+            return
+        new_text = self._detokenizer(seq).step([token])
+        seq.text += new_text
+        check_stop(seq, new_text, self.max_model_len)
+
+    def finalize_text(self, seq: Sequence) -> None:
+        """Decode once at the end for sequences whose text was deferred."""
+        params = seq.request.params
+        if params.output_kind == "final_only" and not params.stop and seq.detokenizer is None:
+            out = seq.output_token_ids
+            if seq.finish_reason == "stop":  # stopped by EOS or a stop token: it adds no text
+                out = out[:-1]
+            seq.text = self._detokenizer(seq).step(out)
+
+    def _detokenizer(self, seq: Sequence) -> IncrementalDetokenizer:
+        if seq.detokenizer is None:
+            seq.detokenizer = IncrementalDetokenizer(
+                self.tokenizer,
+                seq.request.prompt_token_ids,
+                seq.request.params.skip_special_tokens,
+            )
+        return seq.detokenizer
+
+    def make_output(self, req: Request) -> RequestOutput | None:
+        """The RequestOutput to emit for `req` now, or None if there is nothing to say."""
+        params = req.params
+        kind = params.output_kind
+        finished = req.finished
+        if kind == "final_only" and not finished:
+            return None
+        seqs = req.seqs
+        if finished and len(seqs) > params.n:
+            seqs = sorted(seqs, key=lambda s: s.cumulative_logprob, reverse=True)[: params.n]
+            seqs = sorted(seqs, key=lambda s: s.index)
+        else:
+            seqs = seqs[: params.n]
+        completions = []
+        for position, s in enumerate(seqs):
+            if finished and len(req.seqs) > params.n:
+                index = position
+            else:
+                index = s.index
+            completion = self._completion(s, index, delta=kind == "delta")
+            if completion is not None:
+                completions.append(completion)
+        if kind == "delta" and not completions and not finished:
+            return None
+        return RequestOutput(
+            request_id=req.request_id,
+            prompt=req.prompt,
+            prompt_token_ids=req.prompt_token_ids,
+            outputs=completions,
+            finished=finished,
+            metrics=req.metrics,
+            prompt_logprobs=req.prompt_logprobs,
+        )
+
+    def _completion(self, s: Sequence, index: int, delta: bool) -> CompletionOutput | None:
+        done = s.finish_reason is not None
+        text_end = len(s.text) - stop_holdback(s)
+        out_ids = s.output_token_ids
+        lps = s.logprobs
+        with_lp = s.request.params.logprobs is not None or len(s.request.seqs) > s.request.params.n
+        if delta:
+            nothing_new = s.sent_num_tokens == len(out_ids) and s.sent_text_len >= text_end
+            if nothing_new and (not done or s.sent_finish):
+                return None
+            text = s.text[s.sent_text_len : text_end]
+            ids = out_ids[s.sent_num_tokens :]
+            lps = lps[s.sent_num_tokens :] if lps is not None else None
+            s.sent_text_len = max(s.sent_text_len, text_end)
+            s.sent_num_tokens = len(out_ids)
+            s.sent_finish = done
+        else:
+            text, ids = s.text[:text_end], list(out_ids)
+            lps = list(lps) if lps is not None else None
+        return CompletionOutput(
+            index=index,
+            text=text,
+            token_ids=ids,
+            cumulative_logprob=s.cumulative_logprob if with_lp else None,
+            logprobs=lps,
+            finish_reason=s.finish_reason,
+            stop_reason=s.stop_reason,
+        )

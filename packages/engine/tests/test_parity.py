@@ -1,0 +1,29 @@
+"""Greedy parity with HF Transformers on tiny random Llama, Mistral and Qwen2 models."""
+
+from __future__ import annotations
+
+import pytest
+
+from leaflm.engine import LLM, SamplingParams
+from leaflm.engine.testing import hf_greedy, random_token_prompts
+
+MAX_NEW = 12
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+def test_greedy_matches_transformers(tiny_models, assert_no_leaks, arch):
+    model_dir = tiny_models(arch)
+    # Prompts up to 40 tokens, so Mistral's 16-token sliding window is exercised.
+    prompts = random_token_prompts(6, vocab=380, lo=3, hi=40, seed=1)
+    reference = hf_greedy(model_dir, prompts, MAX_NEW)
+    llm = LLM(str(model_dir), kv_cache_memory="8MiB", max_num_batched_tokens=64)
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True, logprobs=1)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    for out, (ref_ids, ref_lps), prompt in zip(outs, reference, prompts, strict=True):
+        comp = out.outputs[0]
+        assert out.prompt_token_ids == prompt
+        assert comp.token_ids == ref_ids
+        got = [comp.logprobs[i][t].logprob for i, t in enumerate(comp.token_ids)]
+        assert got == pytest.approx(ref_lps, abs=1e-4)
+        assert comp.finish_reason == "length"
+    assert_no_leaks(llm)

@@ -33,7 +33,8 @@ def _cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("llama"), "llama", rope_theta=50000.0)
+    rope = {"rope_type": "default", "rope_theta": 50000.0}
+    return build_tiny_model(tmp_path_factory.mktemp("llama"), "llama", rope_parameters=rope)
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -152,14 +153,10 @@ def test_other_architectures_round_trip_exactly(arch, tmp_path):
     assert a.keys() == o.keys()
     for name in a:
         torch.testing.assert_close(a[name], o[name], rtol=0, atol=0, msg=name)
-    for key in (
-        "head_dim",
-        "num_key_value_heads",
-        "rope_parameters",
-        "sliding_window",
-        "layer_types",
-    ):
+    for key in ("num_key_value_heads", "rope_parameters", "sliding_window", "layer_types"):
         assert getattr(mine.config, key, None) == getattr(orig.config, key, None), key
+    head_dim = orig.config.hidden_size // orig.config.num_attention_heads
+    assert mine.config.head_dim == (getattr(orig.config, "head_dim", None) or head_dim)
     tok = AutoTokenizer.from_pretrained(out)
     ids = [tok(t).input_ids for t in TEXTS]
     torch.testing.assert_close(_logits(mine, ids), _logits(orig, ids), rtol=0, atol=0)

@@ -246,7 +246,7 @@ def _gguf_tensor_name(arch: str, hf_name: str) -> str:
         return _GGUF_GLOBAL[hf_name]
     parts = hf_name.split(".")  # model.layers.{i}.{module...}.{weight|bias}
     layer, module, kind = parts[2], ".".join(parts[3:-1]), parts[-1]
-    table = {**_GGUF_LAYER, **_GGUF_LAYER_NORMS[arch]}
+    table = {**_GGUF_LAYER, **_GGUF_LAYER_NORMS.get(arch, _GGUF_LAYER_NORMS["llama"])}
     return f"blk.{layer}.{table[module]}.{kind}"
 
 
@@ -326,6 +326,7 @@ def write_tiny_gguf(
     w.add_bos_token_id(vocab[tok_cfg["bos_token"]])
     w.add_eos_token_id(vocab[tok_cfg["eos_token"]])
     w.add_pad_token_id(vocab[tok_cfg["pad_token"]])
+    w.add_unk_token_id(vocab[tok_cfg["unk_token"]])
     w.add_add_bos_token(False)
     template = hf_dir / "chat_template.jinja"
     w.add_chat_template(template.read_text() if template.is_file() else tok_cfg["chat_template"])

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 
-def token_text(tokenizer: Any, token_id: int, lp: Any | None) -> str:
+def token_text(tokenizer: Any, token_id: int, lp: Any | None, as_id: bool = False) -> str:
+    """The token's text, or "token_id:<id>" (vLLM's return_tokens_as_token_ids)."""
+    if as_id:
+        return f"token_id:{token_id}"
     if lp is not None and getattr(lp, "decoded_token", None) is not None:
         return lp.decoded_token
     return tokenizer.decode([token_id])
@@ -28,12 +31,13 @@ def completion_logprobs(
     positions: list[dict[int, Any] | None],
     num_top: int,
     offset: int = 0,
+    as_ids: bool = False,
 ) -> dict[str, list[Any]]:
     """The legacy completions `logprobs` object for these tokens."""
     tokens, token_logprobs, tops, offsets = [], [], [], []
     for tid, pos in zip(token_ids, positions, strict=False):
         lp = pos.get(tid) if pos else None
-        text = token_text(tokenizer, tid, lp)
+        text = token_text(tokenizer, tid, lp, as_ids)
         tokens.append(text)
         token_logprobs.append(chosen_logprob(pos, tid))
         offsets.append(offset)
@@ -43,7 +47,7 @@ def completion_logprobs(
             continue
         top: dict[str, float] = {}
         for other, olp in _top(pos)[: max(num_top, 1)]:
-            top.setdefault(token_text(tokenizer, other, olp), float(olp.logprob))
+            top.setdefault(token_text(tokenizer, other, olp, as_ids), float(olp.logprob))
         tops.append(top)
     return {
         "text_offset": offsets,
@@ -53,19 +57,23 @@ def completion_logprobs(
     }
 
 
-def _entry(tokenizer: Any, token_id: int, lp: Any) -> dict[str, Any]:
-    text = token_text(tokenizer, token_id, lp)
+def _entry(tokenizer: Any, token_id: int, lp: Any, as_id: bool) -> dict[str, Any]:
+    text = token_text(tokenizer, token_id, lp, as_id)
     return {"token": text, "logprob": float(lp.logprob), "bytes": list(text.encode("utf-8"))}
 
 
 def chat_logprobs(
-    tokenizer: Any, token_ids: list[int], positions: list[dict[int, Any]], num_top: int
+    tokenizer: Any,
+    token_ids: list[int],
+    positions: list[dict[int, Any]],
+    num_top: int,
+    as_ids: bool = False,
 ) -> dict[str, Any]:
     """The chat `logprobs` object: content entries with their top alternatives."""
     content = []
     for tid, pos in zip(token_ids, positions, strict=False):
-        entry = _entry(tokenizer, tid, pos[tid])
+        entry = _entry(tokenizer, tid, pos[tid], as_ids)
         ranked = [(o, lp) for o, lp in _top(pos) if lp.rank is not None][:num_top]
-        entry["top_logprobs"] = [_entry(tokenizer, o, lp) for o, lp in ranked]
+        entry["top_logprobs"] = [_entry(tokenizer, o, lp, as_ids) for o, lp in ranked]
         content.append(entry)
     return {"content": content, "refusal": None}

@@ -68,7 +68,13 @@ def render_chat(gw: Gateway, messages: list[ChatMessage], add_generation_prompt:
 def _choice_logprobs(gw: Gateway, body: ChatCompletionRequest, c: Any) -> dict | None:
     if not body.logprobs or c.logprobs is None:
         return None
-    return chat_logprobs(gw.tokenizer, list(c.token_ids), list(c.logprobs), body.top_logprobs or 0)
+    return chat_logprobs(
+        gw.tokenizer,
+        list(c.token_ids),
+        list(c.logprobs),
+        body.top_logprobs or 0,
+        body.return_tokens_as_token_ids,
+    )
 
 
 def _response(gw: Gateway, body: ChatCompletionRequest, rid: str, result: PromptResult) -> dict:

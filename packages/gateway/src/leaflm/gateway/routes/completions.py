@@ -52,7 +52,9 @@ def _logprobs_for(
     if echo_prefix:
         prompt_pos = list(prompt_logprobs or [None] * len(prompt.token_ids))
         ids, pos, offset = list(prompt.token_ids) + ids, prompt_pos + pos, 0
-    return completion_logprobs(gw.tokenizer, ids, pos, body.logprobs, offset)
+    return completion_logprobs(
+        gw.tokenizer, ids, pos, body.logprobs, offset, body.return_tokens_as_token_ids
+    )
 
 
 def _response(gw: Gateway, body: CompletionRequest, rid: str, results: list[PromptResult]) -> dict:

@@ -40,6 +40,7 @@ class SamplingExtras(BaseModel):
     min_tokens: int = 0
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
+    return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:<id>" (vLLM)
 
 
 class CompletionRequest(SamplingExtras):

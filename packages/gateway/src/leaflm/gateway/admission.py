@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from leaflm.gateway.errors import APIError
+from leaflm.gateway.errors import APIError, error_response
 
 
 class Admission:
@@ -58,6 +59,30 @@ class Admission:
             yield
         finally:
             self.release()
+
+
+PUBLIC_PATHS = frozenset({"/health", "/metrics", "/version", "/info"})
+
+
+class APIKeyMiddleware:
+    """Pure ASGI middleware: 401 before routing or body parsing when the key is wrong.
+
+    Runs first so an unauthenticated caller learns nothing about the body it sent; the
+    public operational paths (health, metrics, version, info) stay open.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.api_key = api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+            try:
+                check_api_key(Request(scope), self.api_key)
+            except APIError as err:
+                await error_response(scope["path"], err)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def check_api_key(request: Request, api_key: str | None) -> None:

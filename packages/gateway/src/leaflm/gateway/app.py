@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from leaflm.gateway import __version__
+from leaflm.gateway.admission import APIKeyMiddleware
 from leaflm.gateway.errors import install_handlers
 from leaflm.gateway.routes import chat, completions, ops, tgi
 from leaflm.gateway.settings import GatewaySettings
@@ -43,6 +44,8 @@ def create_app(engine: Any | None, settings: GatewaySettings | None = None) -> F
     app = FastAPI(title="leaflm", version=__version__, lifespan=lifespan)
     app.state.gateway = gateway
     install_handlers(app)
+    if settings.api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
     for module in (completions, chat, tgi, ops):
         app.include_router(module.router)
     return app

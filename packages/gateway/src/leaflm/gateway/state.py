@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import Request
 
-from leaflm.gateway.admission import Admission, check_api_key
+from leaflm.gateway.admission import Admission
 from leaflm.gateway.errors import APIError
 from leaflm.gateway.metrics import Metrics
 from leaflm.gateway.settings import GatewaySettings
@@ -59,13 +59,12 @@ class Gateway:
             code="model_not_found",
         )
 
-    def authorize(self, request: Request) -> None:
-        check_api_key(request, self.settings.api_key)
-
     def admit(self, request: Request) -> None:
-        """Auth, readiness and queue checks for one generation request; pair with `done`."""
+        """Readiness and queue checks for one generation request; pair with `done`.
+
+        The API key was already checked by `APIKeyMiddleware`.
+        """
         try:
-            self.authorize(request)
             self.admission.acquire()
         except APIError as err:
             self.metrics.rejected.labels(status=str(err.status)).inc()

@@ -56,9 +56,10 @@ def render_chat(gw: Gateway, messages: list[ChatMessage], add_generation_prompt:
     tok = gw.tokenizer
     if not getattr(tok, "chat_template", None):
         raise bad_request("this model has no chat template; use /v1/completions", param="messages")
+    plain = _plain(messages)
     try:
         text = tok.apply_chat_template(
-            _plain(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            plain, tokenize=False, add_generation_prompt=add_generation_prompt
         )
     except Exception as exc:  # jinja raises its own errors for messages it cannot render
         raise bad_request(f"messages could not be rendered by the chat template: {exc}") from exc

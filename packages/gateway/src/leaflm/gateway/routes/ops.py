@@ -48,7 +48,6 @@ async def version() -> dict:
 @router.get("/v1/models")
 async def models(request: Request) -> dict:
     gw = gateway_of(request)
-    gw.authorize(request)
     gw.admission.check_ready()
     card = {
         "id": gw.model_name,
@@ -71,7 +70,6 @@ async def model(model_id: str, request: Request) -> dict:
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request) -> dict:
     gw = gateway_of(request)
-    gw.authorize(request)
     gw.admission.check_ready()
     gw.check_model(body.model)
     if (body.prompt is None) == (body.messages is None):
@@ -88,7 +86,6 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict:
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict:
     gw = gateway_of(request)
-    gw.authorize(request)
     gw.admission.check_ready()
     gw.check_model(body.model)
     vocab = len(gw.tokenizer)

@@ -57,6 +57,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.swapped: list[Sequence] = []
         self.num_preemptions = 0
+        self.num_swap_outs = 0
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
@@ -134,6 +135,7 @@ class Scheduler:
             mapping = self.bm.swap_out(seq)
             if mapping is not None:
                 out.blocks_to_swap_out += mapping
+                self.num_swap_outs += 1
                 seq.status = SequenceStatus.SWAPPED
                 bisect.insort(self.swapped, seq, key=lambda s: s.priority)
                 return

@@ -1,0 +1,119 @@
+"""`leaflm bench {throughput,serve,report,gate}`: registered through the `leaflm.cli` entry point.
+
+Only argument parsing lives here; `leaflm.bench.run` does the work, so importing this module
+(which every `leaflm` invocation does) stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _name_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _add_common(p: argparse.ArgumentParser, output_len: int) -> None:
+    p.add_argument("--model", default=None, help="HF model dir (default: the embedded model)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--dtype", default="auto", help="auto = float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--workload", choices=["random", "chat"], default="random")
+    p.add_argument("--input-len", type=int, default=128, help="prompt tokens (random workload)")
+    p.add_argument("--output-len", type=int, default=output_len, help="generated tokens")
+    p.add_argument("--range-ratio", type=float, default=0.0, help="lengths vary ±ratio")
+    p.add_argument("--system-prompts", type=int, default=4, help="shared prompts (chat workload)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_throughput_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--backends", type=_name_list, default=["leaflm", "hf-single", "hf-static", "hf-cb"],
+                   help="comma-separated: leaflm,hf-single,hf-static,hf-cb")  # fmt: skip
+    p.add_argument("--hf-single-requests", type=int, default=8,
+                   help="run HF one-at-a-time on only the first N requests (rates stay comparable)")  # fmt: skip
+    p.add_argument("--hf-cb-requests", type=int, default=None,
+                   help="run HF generate_batch on only the first N requests")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=32, help="HF static batch size")
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--targets", type=_name_list, default=["leaflm", "hf-serve", "naive"],
+                   help="managed servers: leaflm,hf-serve,hf-serve-cb,naive")  # fmt: skip
+    p.add_argument("--target", action="append", default=[], metavar="NAME=URL",
+                   help="an already-running OpenAI or TGI endpoint on 127.0.0.1 (repeatable)")  # fmt: skip
+    p.add_argument("--concurrency", type=_int_list, default=[1, 4, 16], help="e.g. 1,4,16,64")
+    p.add_argument(
+        "--requests-per-user", type=int, default=2, help="requests per level = users × this"
+    )
+    p.add_argument("--min-requests", type=int, default=4)
+    p.add_argument("--max-requests", type=int, default=64)
+    p.add_argument("--time-limit", type=float, default=300.0, help="seconds per level, then stop")
+    p.add_argument("--request-rate", type=float, default=math.inf,
+                   help="requests/s with gamma arrivals (default inf: fixed concurrency)")  # fmt: skip
+    p.add_argument("--burstiness", type=float, default=1.0, help="gamma shape; 1 = Poisson")
+    p.add_argument(
+        "--slo", default="ttft:2000,tpot:500", help="goodput SLOs in ms, ttft:MS,tpot:MS"
+    )
+
+
+def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register `leaflm bench` and its four sub-subcommands."""
+    bench = subparsers.add_parser("bench", help="benchmarks against HF Transformers and TGI")
+    sub = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser("throughput", help="offline throughput: leaflm vs HF generate variants")
+    _add_common(p, output_len=128)
+    _add_throughput_args(p)
+    p.add_argument("--out", default=None, help="also write a report into this directory")
+    p.set_defaults(func=_dispatch("throughput"))
+
+    p = sub.add_parser("serve", help="serving sweep with Locust: leaflm vs HF servers vs URLs")
+    _add_common(p, output_len=64)
+    _add_serve_args(p)
+    p.add_argument("--num-prompts", type=int, default=64, help="distinct prompts to cycle through")
+    p.add_argument("--out", default=None, help="also write a report into this directory")
+    p.set_defaults(func=_dispatch("serve"))
+
+    p = sub.add_parser("report", help="offline + serving run written to benchmarks/<name>/")
+    _add_common(p, output_len=128)
+    _add_throughput_args(p)
+    _add_serve_args(p)
+    p.add_argument("--serve-output-len", type=int, default=64, help="generated tokens when serving")
+    p.add_argument("--name", default=None, help="report directory name (default cpu-smollm2 ...)")
+    p.add_argument("--out-root", default="benchmarks")
+    p.add_argument("--skip-offline", action="store_true")
+    p.add_argument("--skip-serving", action="store_true")
+    p.add_argument("--from-json", default=None, help="rebuild the report from a results.json")
+    p.set_defaults(func=_dispatch("report"))
+
+    p = sub.add_parser("gate", help="CI perf gate: tiny same-process run vs committed thresholds")
+    p.add_argument("--thresholds", default=None, help="TOML file (default: the committed one)")
+    p.set_defaults(func=_dispatch("gate"))
+
+    bench.set_defaults(func=lambda args: bench.print_help() or 2)
+
+
+def _dispatch(name: str):
+    def run(args: argparse.Namespace) -> int:
+        from leaflm.bench import run as runner
+
+        try:
+            return int(getattr(runner, f"cmd_{name}")(args))
+        except ValueError as exc:  # bad input: a clear message, not a traceback
+            print(f"leaflm bench {name}: error: {exc}")
+            return 2
+
+    return run

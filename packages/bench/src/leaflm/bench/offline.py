@@ -1,0 +1,123 @@
+"""Offline throughput: leaflm `LLM.generate` against the HF baselines, in one process and run.
+
+Each backend loads the same HF directory, warms up untimed, then generates the workload (or
+its first N requests, for the slow one-at-a-time baseline: rates stay comparable). Timing
+covers generation only, not model loading.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from leaflm.bench.baselines import (
+    resolve_dtype,
+    run_hf_generate_batch,
+    run_hf_single,
+    run_hf_static,
+)
+from leaflm.bench.machine import PeakMemory
+from leaflm.bench.metrics import OfflineResult
+from leaflm.bench.workload import BenchRequest
+
+BACKENDS = ("leaflm", "hf-single", "hf-static", "hf-cb")
+REFERENCE = "leaflm"
+
+
+def run_leaflm(
+    requests: list[BenchRequest],
+    model_dir: str | Path,
+    device: str = "cpu",
+    dtype: str = "auto",
+    **engine_kwargs: Any,
+) -> OfflineResult:
+    """leaflm `LLM.generate` over the whole workload, greedy with `ignore_eos`."""
+    from leaflm.engine import LLM, SamplingParams
+
+    dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
+    params = [
+        SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=r.output_len) for r in requests
+    ]
+    with PeakMemory(device) as mem:
+        llm = LLM(model=str(model_dir), device=device, dtype=dtype_name, **engine_kwargs)
+        warm = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=2)
+        llm.generate([requests[0].prompt_token_ids[:8]], warm, use_tqdm=False)
+        _sync(device)
+        start = time.perf_counter()
+        outputs = llm.generate([r.prompt_token_ids for r in requests], params, use_tqdm=False)
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    produced = sum(len(o.outputs[0].token_ids) for o in outputs)
+    del llm
+    return OfflineResult(
+        backend="leaflm",
+        num_requests=len(requests),
+        prompt_tokens=sum(r.prompt_len for r in requests),
+        output_tokens=produced,
+        elapsed_s=elapsed,
+        peak_memory_mb=mem.peak_mb,
+    )
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def run_throughput(
+    requests: list[BenchRequest],
+    model_dir: str | Path,
+    backends: tuple[str, ...] | list[str] = BACKENDS,
+    device: str = "cpu",
+    dtype: str = "auto",
+    subsets: dict[str, int] | None = None,
+    batch_size: int = 32,
+    log: Callable[[str], None] = print,
+    engine_kwargs: dict[str, Any] | None = None,
+) -> list[OfflineResult]:
+    """Run each backend in turn on `requests` (`subsets[name]` caps its request count)."""
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {unknown}: choose from {', '.join(BACKENDS)}")
+    subsets = subsets or {}
+    results = []
+    for name in backends:
+        n = min(len(requests), subsets.get(name) or len(requests))
+        chosen = requests[:n]
+        log(f"[throughput] {name}: {n} requests ...")
+        if name == "leaflm":
+            result = run_leaflm(chosen, model_dir, device, dtype, **(engine_kwargs or {}))
+        elif name == "hf-single":
+            result = run_hf_single(chosen, model_dir, device, dtype)
+        elif name == "hf-static":
+            result = run_hf_static(chosen, model_dir, device, dtype, batch_size=batch_size)
+        else:
+            result = run_hf_generate_batch(chosen, model_dir, device, dtype)
+        if n < len(requests):
+            subset = f"first {n} of {len(requests)} requests"
+            result.note = f"{result.note}; {subset}" if result.note else subset
+        log(
+            f"[throughput] {name}: {result.output_tok_per_s:.1f} output tok/s, "
+            f"{result.elapsed_s:.1f} s, peak {result.peak_memory_mb:.0f} MiB"
+        )
+        results.append(result)
+        gc.collect()
+    return results
+
+
+def speedups(results: list[OfflineResult], reference: str = REFERENCE) -> dict[str, float]:
+    """reference output tok/s divided by each other backend's output tok/s."""
+    by_name = {r.backend: r for r in results}
+    if reference not in by_name:
+        return {}
+    ref = by_name[reference].output_tok_per_s
+    return {
+        r.backend: ref / r.output_tok_per_s
+        for r in results
+        if r.backend != reference and r.output_tok_per_s > 0
+    }

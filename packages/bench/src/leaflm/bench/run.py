@@ -1,0 +1,183 @@
+"""What each `leaflm bench` subcommand does, from parsed arguments to printed tables and files."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from leaflm.bench.machine import describe_machine
+from leaflm.bench.metrics import OfflineResult, parse_slo
+from leaflm.bench.model_dir import resolve_model_dir
+from leaflm.bench.workload import BenchRequest, chat_workload, random_workload
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for but no CUDA device is available")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu or cuda[:N]")
+    return name
+
+
+def _workload(args: argparse.Namespace, model_dir: Path, output_len: int) -> list[BenchRequest]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if args.workload == "chat":
+        return chat_workload(tokenizer, args.num_prompts, args.system_prompts,
+                             output_len=output_len, seed=args.seed)  # fmt: skip
+    return random_workload(tokenizer, args.num_prompts, args.input_len, output_len,
+                           args.range_ratio, args.seed)  # fmt: skip
+
+
+def _command() -> str:
+    return shlex.join(["leaflm", *sys.argv[1:]]) if sys.argv and sys.argv[0] else "leaflm bench"
+
+
+def _config(args: argparse.Namespace, model_dir: Path, device: str) -> dict[str, Any]:
+    cfg = {"model": str(model_dir), "device": device, "dtype": args.dtype,
+           "workload": args.workload, "num_prompts": args.num_prompts, "seed": args.seed}  # fmt: skip
+    if args.workload == "random":
+        cfg.update(input_len=args.input_len, range_ratio=args.range_ratio)
+    else:
+        cfg.update(system_prompts=args.system_prompts)
+    return cfg
+
+
+def _offline(args: argparse.Namespace, model_dir: Path, device: str) -> list[OfflineResult]:
+    from leaflm.bench.offline import run_throughput
+
+    requests = _workload(args, model_dir, args.output_len)
+    subsets = {"hf-single": args.hf_single_requests, "hf-cb": args.hf_cb_requests}
+    return run_throughput(requests, model_dir, args.backends, device, args.dtype,
+                          {k: v for k, v in subsets.items() if v}, args.batch_size)  # fmt: skip
+
+
+def _serving(
+    args: argparse.Namespace, model_dir: Path, device: str, output_len: int, log_dir: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    from leaflm.bench.serve import parse_target, run_serve
+
+    specs = [parse_target(t) for t in args.targets] + [parse_target(t) for t in args.target]
+    requests = _workload(args, model_dir, output_len)
+    return run_serve(specs, requests, str(model_dir), args.concurrency, log_dir,
+                     slo=parse_slo(args.slo), per_user=args.requests_per_user,
+                     min_requests=args.min_requests, max_requests=args.max_requests,
+                     time_limit=args.time_limit, request_rate=args.request_rate,
+                     burstiness=args.burstiness, device=device, dtype=args.dtype)  # fmt: skip
+
+
+def _print_offline(results: list[OfflineResult]) -> None:
+    from leaflm.bench.report import markdown_table, offline_table
+
+    print(markdown_table(offline_table(results), 2))
+
+
+def _base_results(args: argparse.Namespace, model_dir: Path, device: str) -> dict[str, Any]:
+    return {
+        "title": "leaflm benchmark",
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": _command(),
+        "machine": describe_machine(),
+        "config": _config(args, model_dir, device),
+        "notes": [],
+        "problems": [],
+    }
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    model_dir = resolve_model_dir(args.model)
+    offline = _offline(args, model_dir, device)
+    _print_offline(offline)
+    if args.out:
+        from leaflm.bench.report import write_report
+
+        results = _base_results(args, model_dir, device)
+        results.update(title="leaflm offline throughput", offline=[r.to_dict() for r in offline])
+        print(f"report: {write_report(results, args.out)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from leaflm.bench.report import markdown_table, serving_table, write_report
+
+    device = _device(args.device)
+    model_dir = resolve_model_dir(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        log_dir = Path(args.out) if args.out else Path(tmp)
+        rows, raw, problems = _serving(args, model_dir, device, args.output_len, log_dir)
+    print(markdown_table(serving_table(rows)))
+    for problem in problems:
+        print(f"problem: {problem}")
+    if args.out:
+        results = _base_results(args, model_dir, device)
+        results["config"]["serve_output_len"] = args.output_len
+        results.update(
+            title="leaflm serving sweep", serving=rows, serving_raw=raw, problems=problems
+        )
+        print(f"report: {write_report(results, args.out)}")
+    return 0 if rows else 1
+
+
+def _default_name(args: argparse.Namespace, device: str) -> str:
+    model = "smollm2" if args.model is None else Path(args.model).name.lower()
+    return f"{'gpu' if device.startswith('cuda') else 'cpu'}-{model}"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from leaflm.bench.report import write_report
+
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        out = Path(args.out_root) / (args.name or Path(args.from_json).parent.name)
+        print(f"report: {write_report(results, out)}")
+        return 0
+    device = _device(args.device)
+    model_dir = resolve_model_dir(args.model)
+    out = Path(args.out_root) / (args.name or _default_name(args, device))
+    out.mkdir(parents=True, exist_ok=True)
+    results = _base_results(args, model_dir, device)
+    results["title"] = f"leaflm vs HF Transformers — {out.name}"
+    if not args.skip_offline:
+        offline = _offline(args, model_dir, device)
+        results["offline"] = [r.to_dict() for r in offline]
+        results["config"].update(output_len=args.output_len, hf_static_batch=args.batch_size)
+        _print_offline(offline)
+    if not args.skip_serving:
+        results["config"].update(serve_output_len=args.serve_output_len,
+                                 concurrency=args.concurrency, slo=args.slo,
+                                 requests_per_user=args.requests_per_user,
+                                 max_requests=args.max_requests,
+                                 time_limit_per_level_s=args.time_limit)  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            rows, raw, problems = _serving(
+                args, model_dir, device, args.serve_output_len, Path(tmp)
+            )
+        results.update(serving=rows, serving_raw=raw, problems=problems)
+    print(f"report: {write_report(results, out)}")
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from leaflm.bench.gate import evaluate, load_thresholds, measure
+
+    config = load_thresholds(args.thresholds)
+    ratios = measure(config)
+    failures = evaluate(ratios, config["thresholds"])
+    for name, ratio in ratios.items():
+        need = config["thresholds"].get(name)
+        print(f"gate: leaflm / {name} output tok/s = {ratio:.2f}× (threshold {need})")
+    for failure in failures:
+        print(f"gate FAILED: {failure}")
+    return 1 if failures else 0

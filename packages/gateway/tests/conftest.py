@@ -11,8 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-API_KEY = "test-key"
-MODEL_NAME = "tiny-llama"
+from gateway_testenv import API_KEY, MODEL_NAME
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import MODEL_NAME
+from gateway_testenv import MODEL_NAME
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"

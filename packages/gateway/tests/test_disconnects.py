@@ -7,7 +7,7 @@ import asyncio
 import time
 
 import httpx
-from conftest import MODEL_NAME
+from gateway_testenv import MODEL_NAME
 
 from leaflm.client.bodies import parse_metrics
 

@@ -4,7 +4,7 @@ every response, and greedy text must equal the offline engine's on the same prom
 from __future__ import annotations
 
 import pytest
-from conftest import MODEL_NAME
+from gateway_testenv import MODEL_NAME
 
 PROMPT = "The model reads a token"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import httpx
-from conftest import MODEL_NAME
+from gateway_testenv import MODEL_NAME
 
 from leaflm.client.bodies import parse_metrics
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import jsonschema
 import pytest
-from conftest import API_KEY
+from gateway_testenv import API_KEY
 
 PROMPT = "The river runs"
 

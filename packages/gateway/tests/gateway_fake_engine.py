@@ -59,6 +59,7 @@ class FakeEngine:
     tokenizer: Any
     delay_s: float = 0.01
     fail_with: Exception | None = None
+    fail_at_step: int | None = None
     model_config: _ModelConfig = field(default_factory=_ModelConfig)
     blocks_total: int = 64
     blocks_used: int = 0
@@ -88,6 +89,8 @@ class FakeEngine:
         try:
             for step in range(max_tokens):
                 await asyncio.sleep(self.delay_s)
+                if step == self.fail_at_step:
+                    raise RuntimeError("the engine loop failed")
                 tid = step % 50 + 10
                 last = step == max_tokens - 1
                 reason = "length" if last else None

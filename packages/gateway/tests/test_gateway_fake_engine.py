@@ -97,3 +97,18 @@ def test_disconnect_aborts_stream_and_non_stream(tokenizer):
         metrics = httpx.get(server.url + "/metrics").text
         assert "leaflm:kv_cache_blocks_used 0.0" in metrics
         assert "leaflm:gateway_requests_in_flight 0.0" in metrics
+
+
+def test_engine_failure_mid_stream_ends_with_error_event(tokenizer):
+    engine = FakeEngine(tokenizer, fail_at_step=2)
+    with ServerThread(engine) as server:
+        with httpx.stream("POST", server.url + "/v1/completions", json=_body(stream=True)) as r:
+            lines = [line for line in r.iter_lines() if line]
+        assert r.status_code == 200 and len(lines) == 3
+        assert "generation failed: the engine loop failed" in lines[-1]
+        assert '"error"' in lines[-1]
+        body = {"inputs": "a", "parameters": {"max_new_tokens": 5}}
+        with httpx.stream("POST", server.url + "/generate_stream", json=body) as r:
+            last = [line for line in r.iter_lines() if line][-1]
+        assert '"error_type":"generation"' in last
+        assert engine.running == 0

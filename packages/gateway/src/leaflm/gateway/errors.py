@@ -34,6 +34,7 @@ _TGI_TYPES = {
     401: "authentication",
     404: "not_found",
     429: "overloaded",
+    500: "generation",
     503: "unhealthy",
 }
 

@@ -59,7 +59,7 @@ class Gateway:
             code="model_not_found",
         )
 
-    def admit(self, request: Request) -> None:
+    def admit(self) -> None:
         """Readiness and queue checks for one generation request; pair with `done`.
 
         The API key was already checked by `APIKeyMiddleware`.

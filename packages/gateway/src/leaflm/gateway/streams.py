@@ -17,6 +17,8 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
+from leaflm.gateway.errors import APIError, error_body, logger
+
 T = TypeVar("T")
 _DONE = object()
 
@@ -124,11 +126,28 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     return None
 
 
+async def _guarded(body: AsyncIterator[str], path: str) -> AsyncIterator[str]:
+    """Forward events; an engine failure mid-stream becomes a final error event (the
+    status line is already sent), in the dialect of `path`."""
+    try:
+        async for event in body:
+            yield event
+    except Exception as exc:
+        logger.exception("stream on %s failed", path)
+        _, payload = error_body(path, APIError(500, f"generation failed: {exc}"))
+        yield sse(payload)
+    finally:
+        await close_quietly(body)
+
+
 def event_stream(
-    body: AsyncIterator[str], on_close: Callable[[], None], headers: dict[str, str] | None = None
+    body: AsyncIterator[str],
+    on_close: Callable[[], None],
+    path: str,
+    headers: dict[str, str] | None = None,
 ) -> StreamingResponse:
     """An SSE response that calls `on_close` once however it ends (even if never started)."""
-    return _ClosingStream(body, on_close, headers)
+    return _ClosingStream(_guarded(body, path), on_close, headers)
 
 
 class _ClosingStream(StreamingResponse):

@@ -51,7 +51,7 @@ async def serve_generation(
     releases the admission slot.
     """
     gw = gateway_of(request)
-    gw.admit(request)
+    gw.admit()
     release = Once(gw.done)
     handed_off = False
     try:
@@ -62,7 +62,7 @@ async def serve_generation(
         if isinstance(result, tuple):
             body, headers = result
             handed_off = True  # the stream releases the slot when it ends
-            return event_stream(body, release, headers)
+            return event_stream(body, release, request.url.path, headers)
         return JSONResponse(result)
     finally:
         if not handed_off:

@@ -34,7 +34,10 @@ def completion_logprobs(
     as_ids: bool = False,
 ) -> dict[str, list[Any]]:
     """The legacy completions `logprobs` object for these tokens."""
-    tokens, token_logprobs, tops, offsets = [], [], [], []
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
     for tid, pos in zip(token_ids, positions, strict=False):
         lp = pos.get(tid) if pos else None
         text = token_text(tokenizer, tid, lp, as_ids)

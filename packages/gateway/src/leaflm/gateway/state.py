@@ -43,6 +43,8 @@ class Gateway:
 
     @property
     def max_model_len(self) -> int:
+        if self.engine is None:
+            raise APIError(503, "The engine is not ready yet.", retry_after=1)
         return int(self.engine.model_config.max_model_len)
 
     def check_model(self, requested: str | None) -> None:

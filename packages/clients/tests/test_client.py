@@ -94,7 +94,7 @@ def test_retry_on_429_honours_retry_after(busy_server):
     results: dict[str, object] = {}
 
     def long_request() -> None:
-        stream = patient.completions(PROMPT, max_tokens=40, ignore_eos=True, stream=True)
+        stream = patient.completions(PROMPT, max_tokens=150, ignore_eos=True, stream=True)
         started.set()
         results["long"] = len(list(stream))
 

@@ -62,7 +62,10 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
             expected.update((pname, s) for s in shards)
     loaded: set[tuple[str, int]] = set()
 
+    rename = getattr(model, "checkpoint_name", None)  # HF name -> leaflm name, None = skip
     for name, tensor, path in iter_checkpoint(checkpoint_files(model_dir)):
+        if rename is not None and (name := rename(name)) is None:
+            continue
         if name in tied or any(name.endswith(s) for s in ignored):
             continue
         target, shard = name, -1

@@ -13,12 +13,27 @@ _MODELS: dict[str, str] = {
     "LlamaForCausalLM": "leaflm.engine.models.llama:LlamaForCausalLM",
     "MistralForCausalLM": "leaflm.engine.models.llama:MistralForCausalLM",
     "Qwen2ForCausalLM": "leaflm.engine.models.llama:Qwen2ForCausalLM",
+    "GPT2LMHeadModel": "leaflm.engine.models.gpt2:GPT2LMHeadModel",
+    "GPTNeoXForCausalLM": "leaflm.engine.models.gpt_neox:GPTNeoXForCausalLM",
+    "BloomForCausalLM": "leaflm.engine.models.bloom:BloomForCausalLM",
+    "FalconForCausalLM": "leaflm.engine.models.falcon:FalconForCausalLM",
+    "RWForCausalLM": "leaflm.engine.models.falcon:FalconForCausalLM",
+    "Qwen3ForCausalLM": "leaflm.engine.models.qwen3:Qwen3ForCausalLM",
+    "Gemma3ForCausalLM": "leaflm.engine.models.gemma3:Gemma3ForCausalLM",
 }
 
 _MODEL_TYPES: dict[str, str] = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+    "gpt_neox": "GPTNeoXForCausalLM",
+    "bloom": "BloomForCausalLM",
+    "falcon": "FalconForCausalLM",
+    "RefinedWeb": "RWForCausalLM",
+    "RefinedWebModel": "RWForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
 }
 
 

@@ -1,0 +1,123 @@
+"""BLOOM: ALiBi instead of positions, a LayerNorm right after the embedding, fused QKV.
+
+Like GPT-NeoX, `query_key_value` is laid out `[heads, 3, head_dim]`. ALiBi slopes go to the
+paged-attention kernels, which add `slope * (j - p)` to each score (softmax-equivalent to
+BLOOM's `slope * j`). `apply_residual_connection_post_layernorm` picks whether the residual
+stream carries the normed or the raw hidden states, as in HF.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leaflm.engine.forward_context import ForwardContext
+from leaflm.engine.layers.alibi import alibi_slopes
+from leaflm.engine.layers.attention import Attention
+from leaflm.engine.layers.embedding import LMHead, VocabEmbedding
+from leaflm.engine.layers.linear import Linear
+
+
+class BloomAttention(nn.Module):
+    def __init__(self, cfg: Any, layer_idx: int, slopes: torch.Tensor) -> None:
+        super().__init__()
+        hidden, self.num_heads = cfg.hidden_size, cfg.n_head
+        self.head_dim = hidden // self.num_heads
+        self.query_key_value = Linear(hidden, 3 * hidden, bias=True)
+        self.dense = Linear(hidden, hidden, bias=True)
+        self.attn = Attention(
+            layer_idx,
+            self.num_heads,
+            self.num_heads,
+            self.head_dim,
+            self.head_dim**-0.5,
+            alibi_slopes=slopes,
+        )
+
+    def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        qkv = self.query_key_value(hidden).view(-1, self.num_heads, 3, self.head_dim)
+        q, k, v = (qkv[:, :, i].reshape(qkv.shape[0], -1) for i in range(3))
+        return self.dense(self.attn(q, k, v, ctx))
+
+
+class BloomMLP(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.dense_h_to_4h = Linear(hidden, 4 * hidden, bias=True)
+        self.dense_4h_to_h = Linear(4 * hidden, hidden, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate="tanh"))
+
+
+class BloomBlock(nn.Module):
+    def __init__(self, cfg: Any, layer_idx: int, slopes: torch.Tensor) -> None:
+        super().__init__()
+        eps = cfg.layer_norm_epsilon
+        self.post_ln_residual = bool(
+            getattr(cfg, "apply_residual_connection_post_layernorm", False)
+        )
+        self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=eps)
+        self.self_attention = BloomAttention(cfg, layer_idx, slopes)
+        self.post_attention_layernorm = nn.LayerNorm(cfg.hidden_size, eps=eps)
+        self.mlp = BloomMLP(cfg.hidden_size)
+
+    def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        normed = self.input_layernorm(hidden)
+        residual = normed if self.post_ln_residual else hidden
+        hidden = self.self_attention(normed, ctx) + residual
+        normed = self.post_attention_layernorm(hidden)
+        residual = normed if self.post_ln_residual else hidden
+        return self.mlp(normed) + residual
+
+
+class BloomModel(nn.Module):
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        eps = cfg.layer_norm_epsilon
+        self.word_embeddings = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.word_embeddings_layernorm = nn.LayerNorm(cfg.hidden_size, eps=eps)
+        self.register_buffer("slopes", alibi_slopes(cfg.n_head), persistent=False)
+        self.h = nn.ModuleList(BloomBlock(cfg, i, self.slopes) for i in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=eps)
+
+    def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        hidden = self.word_embeddings_layernorm(self.word_embeddings(input_ids))
+        for block in self.h:
+            hidden = block(hidden, ctx)
+        return self.ln_f(hidden)
+
+
+class BloomForCausalLM(nn.Module):
+    packed_modules: ClassVar[dict[str, tuple[str, int]]] = {}
+    ignored_weights: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.config = cfg
+        self.transformer = BloomModel(cfg)
+        tied = bool(getattr(cfg, "tie_word_embeddings", True))
+        self.lm_head = LMHead(
+            cfg.vocab_size, cfg.hidden_size, self.transformer.word_embeddings if tied else None
+        )
+        self.tied_weights = {"lm_head.weight"} if tied else set()
+        self.num_layers, self.num_kv_heads = cfg.n_layer, cfg.n_head
+        self.head_dim = cfg.hidden_size // cfg.n_head
+
+    @staticmethod
+    def checkpoint_name(name: str) -> str:
+        """Hub BLOOM files name tensors without the `transformer.` prefix."""
+        if not name.startswith(("transformer.", "lm_head.")):
+            name = "transformer." + name
+        return name
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        return self.transformer(input_ids, ctx)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)

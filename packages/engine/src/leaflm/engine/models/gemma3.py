@@ -1,0 +1,197 @@
+"""Gemma 3 (text): interleaved sliding-window and global layers, each kind with its own RoPE.
+
+Per HF `Gemma3ForCausalLM`: embeddings scaled by sqrt(hidden); RMSNorm multiplies by
+`1 + weight`; four norms per block (before/after attention and MLP); per-head RMSNorm on
+queries and keys; queries scaled by `query_pre_attn_scalar**-0.5`; a GeGLU MLP (tanh GELU);
+optional attention and final-logit soft-capping. `layer_types` says which layers slide
+(window `sliding_window`, rope base of `sliding_attention`) and which are global.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from leaflm import kernels
+from leaflm.engine.forward_context import ForwardContext
+from leaflm.engine.layers.activation import GeluAndMul
+from leaflm.engine.layers.attention import Attention
+from leaflm.engine.layers.embedding import LMHead, VocabEmbedding
+from leaflm.engine.layers.linear import Linear, MergedLinear
+from leaflm.engine.layers.rope_settings import rope_settings
+from leaflm.engine.layers.rotary import RotaryEmbedding
+
+
+class GemmaRMSNorm(nn.Module):
+    """RMSNorm with Gemma's `(1 + weight)` scale (weights are stored zero-centred)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.rms_norm(x, 1.0 + self.weight.float(), self.eps)
+
+
+def layer_types(cfg: Any) -> list[str]:
+    """Each layer's kind, from `layer_types` or (older configs) `sliding_window_pattern`."""
+    types = getattr(cfg, "layer_types", None)
+    if types is None:
+        pattern = getattr(cfg, "sliding_window_pattern", None) or getattr(
+            cfg, "_sliding_window_pattern", None
+        )
+        if pattern is None:
+            raise ValueError("Gemma 3 config has neither layer_types nor sliding_window_pattern")
+        types = [
+            "full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+            for i in range(cfg.num_hidden_layers)
+        ]
+    if len(types) != cfg.num_hidden_layers:
+        raise ValueError(f"layer_types has {len(types)} entries for {cfg.num_hidden_layers} layers")
+    return list(types)
+
+
+class Gemma3Attention(nn.Module):
+    def __init__(self, cfg: Any, layer_idx: int, kind: str, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.q_size, self.kv_size = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        )
+        bias = bool(getattr(cfg, "attention_bias", False))
+        self.qkv_proj = MergedLinear(
+            cfg.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=bias
+        )
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=bias)
+        self.q_norm = GemmaRMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.k_norm = GemmaRMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.rotary = rotary
+        self.attn = Attention(
+            layer_idx,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            cfg.query_pre_attn_scalar**-0.5,
+            sliding_window=cfg.sliding_window if kind == "sliding_attention" else None,
+            softcap=getattr(cfg, "attn_logit_softcapping", None),
+        )
+
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        t = hidden.shape[0]
+        q = self.q_norm(q.reshape(t, self.num_heads, self.head_dim)).view(t, self.q_size)
+        k = self.k_norm(k.reshape(t, self.num_kv_heads, self.head_dim)).view(t, self.kv_size)
+        self.rotary(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, ctx))
+
+
+class Gemma3MLP(nn.Module):
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        act = getattr(cfg, "hidden_activation", None) or cfg.hidden_act
+        if act not in ("gelu_pytorch_tanh", "gelu_new"):
+            raise ValueError(f"Gemma 3 MLP activation {act!r} is not supported")
+        inter = cfg.intermediate_size
+        self.gate_up_proj = MergedLinear(cfg.hidden_size, [inter, inter], bias=False)
+        self.down_proj = Linear(inter, cfg.hidden_size, bias=False)
+        self.act = GeluAndMul("tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class Gemma3DecoderLayer(nn.Module):
+    def __init__(self, cfg: Any, layer_idx: int, kind: str, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        h, eps = cfg.hidden_size, cfg.rms_norm_eps
+        self.self_attn = Gemma3Attention(cfg, layer_idx, kind, rotary)
+        self.mlp = Gemma3MLP(cfg)
+        self.input_layernorm = GemmaRMSNorm(h, eps)
+        self.post_attention_layernorm = GemmaRMSNorm(h, eps)
+        self.pre_feedforward_layernorm = GemmaRMSNorm(h, eps)
+        self.post_feedforward_layernorm = GemmaRMSNorm(h, eps)
+
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        attn = self.self_attn(positions, self.input_layernorm(hidden), ctx)
+        hidden = hidden + self.post_attention_layernorm(attn)
+        mlp = self.mlp(self.pre_feedforward_layernorm(hidden))
+        return hidden + self.post_feedforward_layernorm(mlp)
+
+
+class Gemma3TextModel(nn.Module):
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        if getattr(cfg, "use_bidirectional_attention", False):
+            raise ValueError("Gemma 3 with bidirectional attention (an encoder) is not supported")
+        kinds = layer_types(cfg)
+        rotaries = {}
+        for kind in sorted(set(kinds)):
+            rope = rope_settings(cfg, kind)
+            rotaries[kind] = RotaryEmbedding(
+                cfg.head_dim,
+                cfg.head_dim,
+                cfg.max_position_embeddings,
+                rope.base,
+                rope.scaling,
+                is_neox=True,
+            )
+        self.rotaries = nn.ModuleDict(rotaries)
+        self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_scale = float(cfg.hidden_size**0.5)
+        self.layers = nn.ModuleList(
+            Gemma3DecoderLayer(cfg, i, kind, rotaries[kind]) for i, kind in enumerate(kinds)
+        )
+        self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        emb = self.embed_tokens(input_ids)
+        hidden = emb * torch.tensor(self.embed_scale, dtype=emb.dtype)
+        for layer in self.layers:
+            hidden = layer(positions, hidden, ctx)
+        return self.norm(hidden)
+
+
+class Gemma3ForCausalLM(nn.Module):
+    packed_modules: ClassVar[dict[str, tuple[str, int]]] = {
+        "q_proj": ("qkv_proj", 0),
+        "k_proj": ("qkv_proj", 1),
+        "v_proj": ("qkv_proj", 2),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+    ignored_weights: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Gemma3TextModel(cfg)
+        tied = bool(getattr(cfg, "tie_word_embeddings", True))
+        self.lm_head = LMHead(
+            cfg.vocab_size, cfg.hidden_size, self.model.embed_tokens if tied else None
+        )
+        self.tied_weights = {"lm_head.weight"} if tied else set()
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+        self.num_layers = cfg.num_hidden_layers
+        self.num_kv_heads, self.head_dim = cfg.num_key_value_heads, cfg.head_dim
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        return self.model(input_ids, positions, ctx)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits

@@ -41,3 +41,10 @@ class IncrementalDetokenizer:
             self.read_offset = len(self.tokens)
             return delta
         return ""
+
+    def flush(self) -> str:
+        """At the end: the held-back text, minus a trailing incomplete character."""
+        prefix_text = self._decode(self.tokens[self.prefix_offset : self.read_offset])
+        new_text = self._decode(self.tokens[self.prefix_offset :])
+        self.prefix_offset = self.read_offset = len(self.tokens)
+        return new_text[len(prefix_text) :].rstrip("\ufffd")

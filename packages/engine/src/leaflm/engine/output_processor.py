@@ -50,13 +50,16 @@ class OutputProcessor:
         check_stop(seq, new_text, self.max_model_len)
 
     def finalize_text(self, seq: Sequence) -> None:
-        """Decode once at the end for sequences whose text was deferred."""
+        """Complete a finished sequence's text: deferred decoding, then held-back bytes."""
+        if isinstance(seq.stop_reason, str):  # cut at a stop string: the text is final
+            return
         params = seq.request.params
         if params.output_kind == "final_only" and not params.stop and seq.detokenizer is None:
             out = seq.output_token_ids
             if seq.finish_reason == "stop":  # stopped by EOS or a stop token: it adds no text
                 out = out[:-1]
             seq.text = self._detokenizer(seq).step(out)
+        seq.text += self._detokenizer(seq).flush()
 
     def _detokenizer(self, seq: Sequence) -> IncrementalDetokenizer:
         if seq.detokenizer is None:

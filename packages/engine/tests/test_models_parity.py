@@ -4,7 +4,7 @@ Each tiny random model (see `leaflm.engine.testing.tiny_config`) runs a batch of
 mixed lengths through leaflm and through Transformers: the greedy token ids must be
 identical and the chosen tokens' logprobs within 1e-4 (float32). A small token budget
 (`max_num_batched_tokens`) makes long prompts prefill in chunks, and for Gemma 3 the prompts
-are longer than its 16-token sliding window, so chunks cross the window boundary.
+(and Mistral's) are longer than the 16-token sliding window, so chunks cross the window boundary.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from leaflm.engine.testing import hf_greedy, random_token_prompts
 MAX_NEW = 10
 
 CASES = {
+    "mistral": {},  # window 16: chunked prefill across the window boundary
     "gpt2": {},
     "gpt_neox": {},
     "gpt_neox_sequential": {"use_parallel_residual": False},

@@ -15,14 +15,15 @@ from leaflm.engine.config import CacheConfig, EngineArgs, ModelConfig
 from leaflm.engine.kv_cache import bytes_per_block, default_cpu_kv_bytes
 from leaflm.engine.model_runner import ModelRunner
 from leaflm.engine.model_source import resolve_model_path
+from leaflm.engine.models.registry import load_hf_config
 
 
 def load_model_config(args: EngineArgs) -> tuple[ModelConfig, Any, frozenset[int]]:
     """(ModelConfig, tokenizer, EOS token ids) for `args.model`."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
 
     path = resolve_model_path(args.model)
-    hf_config = AutoConfig.from_pretrained(path)
+    hf_config = load_hf_config(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     device = args.resolve_device()
     dtype = args.resolve_dtype(device, hf_config)

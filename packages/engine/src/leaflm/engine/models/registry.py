@@ -7,6 +7,8 @@ line here and importing the registry loads no model code.
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 from typing import Any
 
 _MODELS: dict[str, str] = {
@@ -35,6 +37,31 @@ _MODEL_TYPES: dict[str, str] = {
     "qwen3": "Qwen3ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
 }
+
+
+# Config formats transformers no longer reads: model_type -> "module:function(raw dict)".
+_LEGACY_CONFIGS: dict[str, str] = {
+    "RefinedWebModel": "leaflm.engine.models.falcon:legacy_config",
+    "RefinedWeb": "leaflm.engine.models.falcon:legacy_config",
+}
+
+
+def load_hf_config(model_dir: Path) -> Any:
+    """The HF config of `model_dir`, including legacy formats; errors name the model type."""
+    raw = json.loads((model_dir / "config.json").read_text())
+    legacy = _LEGACY_CONFIGS.get(raw.get("model_type", ""))
+    if legacy is not None:
+        return _load(legacy)(raw)
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_dir)
+    except (ValueError, KeyError) as exc:
+        shown = ", ".join(raw.get("architectures") or []) or f"model_type={raw.get('model_type')!r}"
+        raise ValueError(
+            f"unsupported model architecture {shown} in {model_dir}: {exc}; "
+            f"supported: {', '.join(supported_architectures())}"
+        ) from exc
 
 
 def register_model(architecture: str, target: str, model_type: str | None = None) -> None:

@@ -33,8 +33,12 @@ def make_paged_case(
     device: str | torch.device = "cpu",
     generator: torch.Generator | None = None,
     extra_blocks: int = 3,
+    dense: bool = True,
 ) -> PagedCase:
-    """Random caches where each sequence owns shuffled blocks; unused slots hold garbage."""
+    """Random caches where each sequence owns shuffled blocks; unused slots hold garbage.
+
+    ``dense=False`` skips the float64 copies (benchmarks at full size).
+    """
     need = [max(1, -(-n // block_size)) for n in seq_lens]
     total = sum(need) + extra_blocks
     shape = (total, block_size, num_kv_heads, head_dim)
@@ -49,8 +53,9 @@ def make_paged_case(
         pos += nb
         tables[i, :nb] = blocks.int()
         tables[i, nb:] = int(perm[-1])  # junk-but-valid entries past the end
-        keys.append(kc[blocks].reshape(-1, num_kv_heads, head_dim)[:n].double())
-        values.append(vc[blocks].reshape(-1, num_kv_heads, head_dim)[:n].double())
+        if dense:
+            keys.append(kc[blocks].reshape(-1, num_kv_heads, head_dim)[:n].double())
+            values.append(vc[blocks].reshape(-1, num_kv_heads, head_dim)[:n].double())
     return PagedCase(
         kc.to(device),
         vc.to(device),

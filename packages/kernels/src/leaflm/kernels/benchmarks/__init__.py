@@ -1,0 +1,1 @@
+"""Kernel microbenchmarks (``python -m leaflm.kernels.benchmarks.gpu_microbench``)."""

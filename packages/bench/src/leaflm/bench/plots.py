@@ -15,12 +15,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import ticker
 
 from leaflm.bench.metrics import OfflineResult
 
 _COLORS = {"leaflm": "#2e7d32", "hf-single": "#9e9e9e", "hf-static": "#1565c0",
            "hf-cb": "#6a1b9a", "hf-serve": "#1565c0", "hf-serve-cb": "#6a1b9a",
            "naive": "#9e9e9e"}  # fmt: skip
+
+
+def _plain_numbers(axis: Any) -> None:
+    """Log axes labelled 200, 400, 1000 rather than 2x10^2."""
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(
+        ticker.FuncFormatter(lambda v, _pos: f"{v:g}" if str(v)[0] in "25" else "")
+    )
 
 
 def _color(name: str, index: int) -> str:
@@ -101,6 +110,7 @@ def latency_vs_concurrency(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     for ax, (_key, title) in zip(axes, metrics, strict=True):
         _concurrency_axis(ax, rows)
         ax.set_yscale("log")
+        _plain_numbers(ax.yaxis)
         ax.set_title(title)
         ax.set_ylabel("ms")
     axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
@@ -126,6 +136,7 @@ def ttft_cdf(raw: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> Pat
             y = np.arange(1, len(ttfts) + 1) / len(ttfts)
             ax.step(ttfts, y, where="post", label=target, color=_color(target, i))
         ax.set_xscale("log")
+        _plain_numbers(ax.xaxis)
         ax.set_title(f"{level} users")
         ax.set_xlabel("TTFT (ms, log)")
         ax.set_ylim(0, 1.02)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from leaflm.bench.baselines import resolve_dtype
+
 HOST = "127.0.0.1"
 KINDS = ("leaflm", "hf-serve", "hf-serve-cb", "naive")
 
@@ -39,12 +41,22 @@ def server_command(
     kind: str, model_dir: str, port: int, device: str = "cpu", dtype: str = "auto"
 ) -> list[str]:
     """The command line that serves `model_dir` as `kind` on 127.0.0.1:`port`."""
+    dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
     if kind == "leaflm":
         cmd = [sys.executable, "-m", "leaflm.engine.cli", "serve", model_dir]
-        cmd += ["--host", HOST, "--port", str(port)]
-        return cmd + (["--device", device] if device != "cpu" else [])
+        return [
+            *cmd,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--device",
+            device,
+            "--dtype",
+            dtype_name,
+        ]
     if kind in ("hf-serve", "hf-serve-cb"):
-        hf_dtype = "float32" if dtype == "auto" and device == "cpu" else dtype
+        hf_dtype = dtype_name
         cmd = [*_transformers_cli(), "serve", model_dir, "--host", HOST, "--port", str(port)]
         cmd += ["--device", device, "--dtype", hf_dtype, "--log-level", "warning"]
         return cmd + (["--continuous-batching"] if kind == "hf-serve-cb" else [])

@@ -67,8 +67,12 @@ def _candidate_ids(tokenizer: Tokenizer) -> np.ndarray:
 def _text_of_length(
     tokenizer: Tokenizer, ids: list[int], length: int, rng: np.random.Generator, pool: np.ndarray
 ) -> tuple[str, list[int]]:
-    """Decode random ids to text whose re-encoding has exactly `length` tokens (vLLM's trick)."""
-    for _ in range(8):
+    """Decode random ids to text whose re-encoding has `length` tokens (vLLM's trick).
+
+    Returns the text and its own encoding, so HTTP and offline peers get the same input even
+    when token merges keep the length a token or two off (small tokenizers; rare otherwise).
+    """
+    for _ in range(16):
         text = tokenizer.decode(ids, skip_special_tokens=True)
         again = tokenizer.encode(text, add_special_tokens=False)
         if len(again) == length:
@@ -77,8 +81,8 @@ def _text_of_length(
             ids = again[:length]
         else:
             ids = again + [int(x) for x in rng.choice(pool, size=length - len(again))]
-    # Token merges can keep the length oscillating: settle for the exact ids, text as decoded.
-    return tokenizer.decode(ids, skip_special_tokens=True), list(ids)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return text, tokenizer.encode(text, add_special_tokens=False)
 
 
 def random_workload(

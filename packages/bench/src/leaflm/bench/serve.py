@@ -45,6 +45,7 @@ class TargetSpec:
     kind: str | None = None  # one of servers.KINDS, None for an external URL
     url: str | None = None
     api: str = "completions"
+    ignore_eos: str = ""  # for URL targets; managed kinds use _IGNORE_EOS
     extra_body: dict[str, Any] = field(default_factory=dict)
 
 
@@ -52,7 +53,9 @@ def parse_target(text: str, api: str = "completions") -> TargetSpec:
     """`leaflm`, `hf-serve`, `hf-serve-cb`, `naive`, or `NAME=URL` for a running server.
 
     A URL ending in `/generate_stream` is driven with TGI's native API; any other URL is an
-    OpenAI-compatible base URL. Only 127.0.0.1/localhost URLs are accepted.
+    OpenAI-compatible base URL. Only 127.0.0.1/localhost URLs are accepted (run containers
+    with host networking). A URL target named like a managed kind (`leaflm=URL`) is sent
+    that kind's ignore-EOS knob.
     """
     if api not in APIS:
         raise ValueError(f"unknown api {api!r}: choose from {', '.join(APIS)}")
@@ -66,7 +69,7 @@ def parse_target(text: str, api: str = "completions") -> TargetSpec:
         raise ValueError(f"bad target {text!r}: expected NAME=http://127.0.0.1:PORT[/...]")
     if url.rstrip("/").endswith("/generate_stream"):
         api = "tgi"
-    return TargetSpec(name=name, url=url, api=api)
+    return TargetSpec(name=name, url=url, api=api, ignore_eos=_IGNORE_EOS.get(name, ""))
 
 
 def _model_id(base_url: str) -> str:
@@ -211,7 +214,7 @@ def run_serve(
             if spec.kind is None:
                 assert spec.url is not None
                 target = Target(
-                    spec.name, spec.url, api, _model_id(spec.url), extra_body=spec.extra_body
+                    spec.name, spec.url, api, _model_id(spec.url), spec.ignore_eos, spec.extra_body
                 )
                 t_rows, t_raw = sweep_target(spec, workload, levels, target, **common)
             else:

@@ -2,12 +2,13 @@
 
 One program per row, streaming the row's logits in tiles (the row stays in L2 across passes):
 
-1. max and argmax (lowest index) in one pass; greedy rows stop here;
+1. max, argmax (lowest index) and total mass in one online pass; greedy rows stop here;
 2. top-k / top-p thresholds by a k-ary search over the float bit patterns of the unnormalised
    probabilities ``p = exp((l - max) / T)`` (non-negative floats order like their bit
    patterns): each pass counts tokens and sums mass at ``NUM_PIVOTS`` candidate thresholds at
-   once, and the search stops when the bracket holds one token, so ~6-11 passes reach the exact
-   threshold of :mod:`leaflm.kernels.reference.sampling` (threshold semantics, ties kept);
+   once; once the bracket holds <= BLOCK tokens they are compacted to a scratch row and the
+   search ends in registers at the exact threshold of :mod:`leaflm.kernels.reference.sampling`
+   (threshold semantics, ties kept), typically after 3-4 passes over the vocabulary;
 3. kept mass, then inverse-CDF sampling in vocabulary order with the same counter-based uniform
    ``u = H(seed, offset)`` as the reference, so both paths agree token for token up to float
    rounding at CDF boundaries.
@@ -48,12 +49,30 @@ def _probs(row_ptr, offs, V, inv_t, mx):
 
 
 @triton.jit
-def _search(row_ptr, V, inv_t, mx, lo, hi, cnt_lo, cnt_hi, k, target,
+def _pick(ok, piv, cnt, mass, lo, hi, cnt_lo, cnt_hi, mass_hi):
+    """Shrink the bracket to the largest passing / smallest failing pivot (counts and masses
+    fall as pivots rise)."""
+    new_lo = tl.max(tl.where(ok, piv, lo), axis=0)
+    cnt_lo = tl.min(tl.where(ok, cnt, cnt_lo), axis=0)
+    hi = tl.min(tl.where(ok, hi, piv), axis=0)
+    cnt_hi = tl.max(tl.where(ok, cnt_hi, cnt), axis=0)
+    mass_hi = tl.max(tl.where(ok, mass_hi, mass), axis=0)
+    return new_lo, hi, cnt_lo, cnt_hi, mass_hi
+
+
+@triton.jit
+def _search(row_ptr, scratch_ptr, V, inv_t, mx, lo, hi, cnt_lo, cnt_hi, k, target,
             BY_MASS: tl.constexpr, NUM_PIVOTS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
     """Largest float-bit pattern ``t`` in ``[lo, hi)`` with ``count(p >= t) >= k`` (or
-    ``mass(p >= t) >= target`` when ``BY_MASS``); ``lo`` satisfies it, ``hi`` does not."""
+    ``mass(p >= t) >= target`` when ``BY_MASS``); ``lo`` satisfies it, ``hi`` does not.
+
+    ``cnt_lo``/``cnt_hi`` count tokens ``>= lo`` / ``>= hi`` (``cnt_lo`` may overestimate).
+    Full passes over the row run only until the bracket holds <= BLOCK tokens; those are then
+    compacted into ``scratch_ptr`` and the search finishes in registers.
+    """
     j = tl.arange(0, NUM_PIVOTS)
-    while (hi - lo > 1) & (cnt_lo - cnt_hi > 1):
+    mass_hi = tl.zeros([], tl.float32) + 0.0 * target  # tokens >= hi = above_one: none
+    while (hi - lo > 1) & (cnt_lo - cnt_hi > BLOCK):
         step = tl.maximum((hi - lo) // (NUM_PIVOTS + 1), 1)
         piv = tl.minimum(lo + step * (j + 1), hi - 1)
         piv_f = piv.to(tl.float32, bitcast=True)
@@ -64,40 +83,64 @@ def _search(row_ptr, V, inv_t, mx, lo, hi, cnt_lo, cnt_hi, k, target,
             ge = p[None, :] >= piv_f[:, None]
             cnt += tl.sum(ge.to(tl.int32), axis=1)
             mass += tl.sum(tl.where(ge, p[None, :], 0.0), axis=1)
-        if BY_MASS:
-            ok = mass >= target
-        else:
-            ok = cnt >= k
-        new_lo = tl.max(tl.where(ok, piv, lo), axis=0)
-        cnt_lo = tl.min(tl.where(ok, cnt, cnt_lo), axis=0)
-        hi = tl.min(tl.where(ok, hi, piv), axis=0)
-        cnt_hi = tl.max(tl.where(ok, cnt_hi, cnt), axis=0)
-        lo = new_lo
+        ok = mass >= target if BY_MASS else cnt >= k
+        lo, hi, cnt_lo, cnt_hi, mass_hi = _pick(ok, piv, cnt, mass, lo, hi, cnt_lo, cnt_hi, mass_hi)
+
+    if (hi - lo > 1) & (cnt_lo - cnt_hi > 1):
+        lo_f = lo.to(tl.float32, bitcast=True)
+        hi_f = hi.to(tl.float32, bitcast=True)
+        n = 0
+        for start in range(0, V, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            p = _probs(row_ptr, offs, V, inv_t, mx)
+            inb = (p >= lo_f) & (p < hi_f) & (offs < V)
+            pos = n + tl.cumsum(inb.to(tl.int32), axis=0) - 1
+            tl.store(scratch_ptr + pos, p, mask=inb)
+            n += tl.sum(inb.to(tl.int32), axis=0)
+        tl.debug_barrier()  # the compacted values were stored by other threads
+        c = tl.load(scratch_ptr + tl.arange(0, BLOCK), mask=tl.arange(0, BLOCK) < n, other=-1.0)
+        cnt_base = cnt_hi  # tokens >= the hi of compaction time; c holds those below it
+        mass_base = mass_hi
+        while (hi - lo > 1) & (cnt_lo - cnt_hi > 1):
+            step = tl.maximum((hi - lo) // (NUM_PIVOTS + 1), 1)
+            piv = tl.minimum(lo + step * (j + 1), hi - 1)
+            ge = c[None, :] >= piv.to(tl.float32, bitcast=True)[:, None]
+            cnt = cnt_base + tl.sum(ge.to(tl.int32), axis=1)
+            mass = mass_base + tl.sum(tl.where(ge, c[None, :], 0.0), axis=1)
+            ok = mass >= target if BY_MASS else cnt >= k
+            lo, hi, cnt_lo, cnt_hi, mass_hi = _pick(
+                ok, piv, cnt, mass, lo, hi, cnt_lo, cnt_hi, mass_hi
+            )
     return lo
 
 
 @triton.jit
 def _sample_kernel(
-    logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr, out_ptr,
+    logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr, out_ptr, scratch_ptr,
     V, stride_row, greedy_eps,
     BLOCK: tl.constexpr, NUM_PIVOTS: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * stride_row
+    scratch_ptr += row * BLOCK
     temp = tl.load(temp_ptr + row).to(tl.float32)
     greedy = temp < greedy_eps
     inv_t = tl.where(greedy, 1.0, 1.0 / tl.where(greedy, 1.0, temp))
 
-    # pass 1: online max / first argmax / normaliser
+    # pass 1: online max / first argmax / total mass sum(exp(x - max))
     mx = float("-inf")
     arg = 0
+    total_all = 0.0
     for start in range(0, V, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32) * inv_t
         tmax = tl.max(x, axis=0)
         targ = tl.min(tl.where(x == tmax, offs, V), axis=0)
         arg = tl.where(tmax > mx, targ, arg)
-        mx = tl.maximum(mx, tmax)
+        new_mx = tl.maximum(mx, tmax)
+        m_safe = tl.where(new_mx == float("-inf"), 0.0, new_mx)
+        total_all = total_all * tl.exp(mx - m_safe) + tl.sum(tl.exp(x - m_safe), axis=0)
+        mx = new_mx
 
     if greedy:
         tl.store(out_ptr + row, arg.to(tl.int64))
@@ -111,16 +154,20 @@ def _sample_kernel(
         n_all = zero + V
         thr = zero  # float bits of the keep threshold (0.0: keep all)
         if (k > 0) & (k < V):
-            thr = _search(row_ptr, V, inv_t, mx, zero, above_one, n_all, zero, k, 0.0 * top_p,
-                          False, NUM_PIVOTS, BLOCK)  # fmt: skip
+            thr = _search(row_ptr, scratch_ptr, V, inv_t, mx, zero, above_one, n_all, zero, k,
+                          0.0 * top_p, False, NUM_PIVOTS, BLOCK)  # fmt: skip
         if top_p < 1.0:
-            thr_f = thr.to(tl.float32, bitcast=True)
-            kept = 0.0
-            for start in range(0, V, BLOCK):
-                p = _probs(row_ptr, start + tl.arange(0, BLOCK), V, inv_t, mx)
-                kept += tl.sum(tl.where(p >= thr_f, p, 0.0), axis=0)
-            # count(p >= thr) is not tracked: V only weakens the early stop
-            thr = _search(row_ptr, V, inv_t, mx, thr, above_one, n_all, zero, k, top_p * kept,
+            kept = total_all
+            n_kept = n_all
+            if thr != 0:  # top-k was applied: mass and count of its set
+                thr_f = thr.to(tl.float32, bitcast=True)
+                kept = 0.0
+                n_kept = zero
+                for start in range(0, V, BLOCK):
+                    p = _probs(row_ptr, start + tl.arange(0, BLOCK), V, inv_t, mx)
+                    kept += tl.sum(tl.where(p >= thr_f, p, 0.0), axis=0)
+                    n_kept += tl.sum((p >= thr_f).to(tl.int32), axis=0)
+            thr = _search(row_ptr, scratch_ptr, V, inv_t, mx, thr, above_one, n_kept, zero, k, top_p * kept,
                           True, NUM_PIVOTS, BLOCK)  # fmt: skip
         thr_f = tl.maximum(thr.to(tl.float32, bitcast=True), min_p)
 
@@ -163,8 +210,9 @@ def sample(
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     block = min(2048, triton.next_power_of_2(vocab))
+    scratch = torch.empty(num_rows, block, dtype=torch.float32, device=logits.device)
     _sample_kernel[(num_rows,)](
-        logits, temperature, top_k, top_p, min_p, seeds, offsets, out,
+        logits, temperature, top_k, top_p, min_p, seeds, offsets, out, scratch,
         vocab, logits.stride(0), GREEDY_EPS,
         BLOCK=block, NUM_PIVOTS=8, num_warps=8,
     )  # fmt: skip

@@ -245,11 +245,18 @@ def test_crashed_conversion_is_not_mistaken_for_a_cache_entry(tiny_llama, tmp_pa
     monkeypatch.setattr(convert, "write_tokenizer", crash)
     with pytest.raises(KeyboardInterrupt):
         convert_gguf(path, progress=False)
-    assert not gguf_cache_dir(path).exists()
-    assert not list(gguf_cache_dir(path).parent.iterdir())
+    target = gguf_cache_dir(path)
+    assert not target.exists()
+    assert not list(target.parent.iterdir())
+    # A process killed mid-conversion (no cleanup ran) leaves a temp dir; it is never used
+    # as the cache entry and is swept by the next conversion.
+    stale = target.parent / f".{target.name}.tmp-999999999"
+    (stale / "config.json").parent.mkdir()
+    (stale / "config.json").write_text("{}")
     monkeypatch.undo()
     monkeypatch.setenv("LEAFLM_CACHE_DIR", str(tmp_path / "cache"))
     assert (convert_gguf(path, progress=False) / "tokenizer.json").is_file()
+    assert not stale.exists()
 
 
 def test_model_source_errors(tmp_path):

@@ -39,10 +39,23 @@ def gguf_cache_dir(gguf_path: str | Path) -> Path:
 def staging_dir(target: Path) -> Path:
     """A fresh temp dir next to `target` (same filesystem, so the final rename is atomic)."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        if not _alive(stale.name.rsplit("-", 1)[-1]):  # left by a killed conversion
+            shutil.rmtree(stale, ignore_errors=True)
     staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     return staging
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def publish(staging: Path, target: Path) -> Path:

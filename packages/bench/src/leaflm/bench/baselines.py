@@ -81,8 +81,11 @@ def _timed(
     dtype: str,
     body: Callable[[object], int],
     note: str = "",
+    inference_mode: bool = True,
 ) -> OfflineResult:
-    with PeakMemory(device) as mem, torch.inference_mode():
+    # generate_batch runs its loop in a thread outside inference mode: tensors made in
+    # inference mode (the weights included) then fail on in-place updates there.
+    with PeakMemory(device) as mem, torch.inference_mode(inference_mode):
         model = load_hf_model(model_dir, device, dtype)
         _generate(model, [requests[0].prompt_token_ids[:8]], 2, device)  # warm-up, untimed
         if device.startswith("cuda"):
@@ -166,4 +169,6 @@ def run_hf_generate_batch(
             produced += sum(len(v.generated_tokens) for v in results.values())
         return produced
 
-    return _timed("hf-cb", requests, model_dir, device, dtype, body, note="generate_batch")
+    return _timed(
+        "hf-cb", requests, model_dir, device, dtype, body, "generate_batch", inference_mode=False
+    )

@@ -69,6 +69,24 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _run_one(
+    name: str,
+    requests: list[BenchRequest],
+    model_dir: str | Path,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    engine_kwargs: dict[str, Any] | None,
+) -> OfflineResult:
+    if name == "leaflm":
+        return run_leaflm(requests, model_dir, device, dtype, **(engine_kwargs or {}))
+    if name == "hf-single":
+        return run_hf_single(requests, model_dir, device, dtype)
+    if name == "hf-static":
+        return run_hf_static(requests, model_dir, device, dtype, batch_size=batch_size)
+    return run_hf_generate_batch(requests, model_dir, device, dtype)
+
+
 def run_throughput(
     requests: list[BenchRequest],
     model_dir: str | Path,
@@ -79,8 +97,15 @@ def run_throughput(
     batch_size: int = 32,
     log: Callable[[str], None] = print,
     engine_kwargs: dict[str, Any] | None = None,
+    failures: list[str] | None = None,
 ) -> list[OfflineResult]:
-    """Run each backend in turn on `requests` (`subsets[name]` caps its request count)."""
+    """Run each backend in turn on `requests` (`subsets[name]` caps its request count).
+
+    With a `failures` list, a backend that raises is recorded there and the others still
+    run (a long report should not die on one baseline); without one, errors propagate.
+    """
+    keep_going = failures is not None
+    failures = failures if failures is not None else []
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backend(s) {unknown}: choose from {', '.join(BACKENDS)}")
@@ -90,14 +115,15 @@ def run_throughput(
         n = min(len(requests), subsets.get(name) or len(requests))
         chosen = requests[:n]
         log(f"[throughput] {name}: {n} requests ...")
-        if name == "leaflm":
-            result = run_leaflm(chosen, model_dir, device, dtype, **(engine_kwargs or {}))
-        elif name == "hf-single":
-            result = run_hf_single(chosen, model_dir, device, dtype)
-        elif name == "hf-static":
-            result = run_hf_static(chosen, model_dir, device, dtype, batch_size=batch_size)
-        else:
-            result = run_hf_generate_batch(chosen, model_dir, device, dtype)
+        try:
+            result = _run_one(name, chosen, model_dir, device, dtype, batch_size, engine_kwargs)
+        except Exception as exc:
+            if not keep_going:
+                raise
+            log(f"[throughput] {name} failed: {exc!r}")
+            failures.append(f"{name}: {exc!r}"[:500])
+            gc.collect()
+            continue
         if n < len(requests):
             subset = f"first {n} of {len(requests)} requests"
             result.note = f"{result.note}; {subset}" if result.note else subset

@@ -54,13 +54,16 @@ def _config(args: argparse.Namespace, model_dir: Path, device: str) -> dict[str,
     return cfg
 
 
-def _offline(args: argparse.Namespace, model_dir: Path, device: str) -> list[OfflineResult]:
+def _offline(
+    args: argparse.Namespace, model_dir: Path, device: str, failures: list[str] | None = None
+) -> list[OfflineResult]:
     from leaflm.bench.offline import run_throughput
 
     requests = _workload(args, model_dir, args.output_len)
     subsets = {"hf-single": args.hf_single_requests, "hf-cb": args.hf_cb_requests}
     return run_throughput(requests, model_dir, args.backends, device, args.dtype,
-                          {k: v for k, v in subsets.items() if v}, args.batch_size)  # fmt: skip
+                          {k: v for k, v in subsets.items() if v}, args.batch_size,
+                          failures=failures)  # fmt: skip
 
 
 def _serving(
@@ -150,8 +153,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     results = _base_results(args, model_dir, device)
     results["title"] = f"leaflm vs HF Transformers — {out.name}"
     if not args.skip_offline:
-        offline = _offline(args, model_dir, device)
+        offline = _offline(args, model_dir, device, failures=results["problems"])
         results["offline"] = [r.to_dict() for r in offline]
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
         results["config"].update(output_len=args.output_len, hf_static_batch=args.batch_size)
         _print_offline(offline)
     if not args.skip_serving:
@@ -164,7 +168,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             rows, raw, problems = _serving(
                 args, model_dir, device, args.serve_output_len, Path(tmp)
             )
-        results.update(serving=rows, serving_raw=raw, problems=problems)
+        results.update(serving=rows, serving_raw=raw, problems=results["problems"] + problems)
     print(f"report: {write_report(results, out)}")
     return 0
 

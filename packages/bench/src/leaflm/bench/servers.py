@@ -43,7 +43,8 @@ def server_command(
     """The command line that serves `model_dir` as `kind` on 127.0.0.1:`port`."""
     dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
     if kind == "leaflm":
-        cmd = [sys.executable, "-m", "leaflm.engine.cli", "serve", model_dir]
+        # `python -m leaflm.gateway` is `leaflm serve` without needing entry-point metadata
+        cmd = [sys.executable, "-m", "leaflm.gateway", model_dir]
         return [
             *cmd,
             "--host",

@@ -1,0 +1,56 @@
+"""HF baselines produce exactly the requested tokens, and match each other greedily."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from leaflm.bench.baselines import run_hf_generate_batch, run_hf_single, run_hf_static
+from leaflm.bench.offline import run_throughput, speedups
+from leaflm.bench.workload import BenchRequest, random_workload
+from leaflm.engine.testing import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    model_dir = build_tiny_model(tmp_path_factory.mktemp("m") / "model")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return model_dir, random_workload(tok, 5, input_len=12, output_len=6, range_ratio=0.5, seed=2)
+
+
+def test_each_baseline_counts_exactly_the_requested_tokens(setup):
+    model_dir, reqs = setup
+    want = sum(r.output_len for r in reqs)
+    for result in (run_hf_single(reqs, model_dir), run_hf_static(reqs, model_dir, batch_size=2)):
+        assert result.output_tokens == want, result.backend
+        assert result.num_requests == 5 and result.elapsed_s > 0 and result.peak_memory_mb > 50
+
+
+def test_generate_batch_ignores_eos_and_runs_outside_inference_mode(setup):
+    # one output length: generate_batch pays a fixed start-up cost per call on CPU
+    model_dir, reqs = setup
+    fixed = [BenchRequest(r.prompt, r.prompt_token_ids, 6) for r in reqs[:3]]
+    result = run_hf_generate_batch(fixed, model_dir)
+    assert result.output_tokens == 18 and result.note == "generate_batch"
+
+
+def test_failures_are_recorded_and_other_backends_still_run(setup, monkeypatch):
+    from leaflm.bench import offline
+
+    model_dir, reqs = setup
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(offline, "run_hf_generate_batch", broken)
+    failures: list[str] = []
+    results = run_throughput(reqs, model_dir, ["hf-cb", "hf-single"], failures=failures,
+                             subsets={"hf-single": 2}, log=lambda _m: None)  # fmt: skip
+    assert [r.backend for r in results] == ["hf-single"] and results[0].num_requests == 2
+    assert "first 2 of 5 requests" in results[0].note
+    assert failures == ["hf-cb: RuntimeError('planted')"]
+    with pytest.raises(RuntimeError, match="planted"):
+        run_throughput(reqs, model_dir, ["hf-cb"], log=lambda _m: None)
+    with pytest.raises(ValueError, match="unknown backend"):
+        run_throughput(reqs, model_dir, ["vllm"])
+    assert speedups(results) == {}  # no leaflm result, no ratios

@@ -146,7 +146,7 @@ def markdown_table(frame: pd.DataFrame, digits: int = 1) -> str:
         if isinstance(value, float):
             if math.isnan(value):
                 return "—"
-            return f"{value:.{digits}f}" if abs(value) < 1e5 else f"{value:.3g}"
+            return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:,.0f}"
         return str(value).replace("|", "\\|")
 
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"

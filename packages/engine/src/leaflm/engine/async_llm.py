@@ -69,13 +69,13 @@ class AsyncLLM:
         params = sampling_params if sampling_params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
-        self.engine.tokenize(prompt)  # validate here, so errors come before any yield
+        _, prompt_ids = self.engine.tokenize(prompt)  # errors surface before any yield
         stream = _Stream(asyncio.get_running_loop())
         with self._lock:
             if request_id in self._streams:
                 raise ValueError(f"request_id {request_id!r} is already in use")
             self._streams[request_id] = stream
-        self._send("add", (request_id, prompt, params))
+        self._send("add", (request_id, prompt, params, prompt_ids))
         finished = False
         try:
             while True:
@@ -121,9 +121,9 @@ class AsyncLLM:
             except queue.Empty:
                 return
             if kind == "add":
-                request_id, prompt, params = payload
+                request_id, prompt, params, prompt_ids = payload
                 try:
-                    self.engine.add_request(request_id, prompt, params)
+                    self.engine.add_request(request_id, prompt, params, prompt_token_ids=prompt_ids)
                 except Exception as exc:  # validated already; report anything unexpected
                     self._deliver(exc, request_id)
             else:

@@ -88,8 +88,12 @@ class LLMEngine:
         prompt: str | list[int],
         params: SamplingParams | None = None,
         arrival_time: float | None = None,
+        prompt_token_ids: list[int] | None = None,
     ) -> None:
-        """Validate and queue a request; raises ValueError for bad input."""
+        """Validate and queue a request; raises ValueError for bad input.
+
+        `prompt_token_ids`, when given, are the already-validated tokens of a text `prompt`.
+        """
         params = params if params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
@@ -97,7 +101,10 @@ class LLMEngine:
             raise ValueError(f"request_id {request_id!r} is already in use")
         if params.logprobs is not None and params.logprobs > self.runner.vocab_size:
             raise ValueError(f"logprobs must be <= vocab size {self.runner.vocab_size}")
-        text, ids = self.tokenize(prompt)
+        if prompt_token_ids is not None and isinstance(prompt, str):
+            text, ids = prompt, list(prompt_token_ids)
+        else:
+            text, ids = self.tokenize(prompt)
         metrics = RequestMetrics(arrival_time or time.monotonic())
         req = Request(request_id, text, ids, params, metrics, self.eos_token_ids)
         seed = params.seed if params.seed is not None else self.rng.getrandbits(63)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from leaflm.engine import LLM, SamplingParams
@@ -27,3 +29,36 @@ def test_greedy_matches_transformers(tiny_models, assert_no_leaks, arch):
         assert got == pytest.approx(ref_lps, abs=1e-4)
         assert comp.finish_reason == "length"
     assert_no_leaks(llm)
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+            "rope_theta": 500000.0,
+        },
+    ],
+)
+def test_rope_scaling_from_config(tiny_models, rope):
+    model_dir = tiny_models("llama", rope_parameters=rope)
+    saved = json.loads((model_dir / "config.json").read_text())
+    assert (saved.get("rope_parameters") or saved.get("rope_scaling"))["rope_type"] == rope[
+        "rope_type"
+    ]
+    prompts = random_token_prompts(3, vocab=380, lo=20, hi=60, seed=4)
+    reference = hf_greedy(model_dir, prompts, 8)
+    llm = LLM(str(model_dir))
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=0)
+    for out, (ref_ids, ref_lps) in zip(
+        llm.generate(prompts, params, use_tqdm=False), reference, strict=True
+    ):
+        comp = out.outputs[0]
+        assert comp.token_ids == ref_ids
+        got = [comp.logprobs[i][t].logprob for i, t in enumerate(comp.token_ids)]
+        assert got == pytest.approx(ref_lps, abs=1e-4)

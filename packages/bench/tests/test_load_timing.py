@@ -95,3 +95,18 @@ def test_time_limit_stops_a_run_and_failures_are_counted(delayed_server):
     result = run_level(dead, workload, concurrency=1, num_requests=2, time_limit=30)
     assert [r["success"] for r in result["records"]] == [False, False]
     assert result["locust_stats"]["e2e"]["num_failures"] == 2
+
+
+def test_a_spent_time_budget_skips_targets_and_levels(delayed_server, tmp_path):
+    from leaflm.bench.serve import TargetSpec, run_serve
+
+    workload = [BenchRequest(prompt="x", prompt_token_ids=[1], output_len=TOKENS)]
+    spec = TargetSpec(name="delayed", url=delayed_server, ignore_eos="field")
+    rows, raw, problems = run_serve([spec], workload, "", [1, 2], tmp_path, budget_s=0)
+    assert rows == [] and raw == {} and problems == ["delayed: skipped, time budget spent"]
+    # level 1 starts with ~10.3 s left (after a 0.7 s warm-up); it takes >= 0.7 s more, so
+    # level 2 would start with < MIN_LEVEL_SECONDS (10 s) left and is skipped
+    rows, raw, problems = run_serve([spec], workload, "", [1, 2], tmp_path, min_requests=1,
+                                    per_user=1, budget_s=11, log=lambda _m: None)  # fmt: skip
+    assert [r["concurrency"] for r in rows] == [1] and rows[0]["completed"] == 1
+    assert problems == ["delayed@2 users: skipped, time budget spent"]

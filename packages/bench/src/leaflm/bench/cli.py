@@ -42,9 +42,15 @@ def _add_throughput_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--backends", type=_name_list, default=["leaflm", "hf-single", "hf-static", "hf-cb"],
                    help="comma-separated: leaflm,hf-single,hf-static,hf-cb")  # fmt: skip
-    p.add_argument("--hf-single-requests", type=int, default=8,
+    p.add_argument("--hf-single-requests", type=int, default=4,
                    help="run HF one-at-a-time on only the first N requests (rates stay comparable)")  # fmt: skip
-    p.add_argument("--hf-cb-requests", type=int, default=None,
+    p.add_argument(
+        "--hf-static-requests",
+        type=int,
+        default=32,
+        help="run HF static batches on only the first N requests (one full batch)",
+    )
+    p.add_argument("--hf-cb-requests", type=int, default=32,
                    help="run HF generate_batch on only the first N requests")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32, help="HF static batch size")
 
@@ -58,9 +64,11 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--requests-per-user", type=int, default=2, help="requests per level = users × this"
     )
-    p.add_argument("--min-requests", type=int, default=4)
+    p.add_argument("--min-requests", type=int, default=2)
     p.add_argument("--max-requests", type=int, default=64)
-    p.add_argument("--time-limit", type=float, default=300.0, help="seconds per level, then stop")
+    p.add_argument("--time-limit", type=float, default=120.0, help="seconds per level, then stop")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="no new serving level starts after this (report default 28, counting offline)")  # fmt: skip
     p.add_argument("--request-rate", type=float, default=math.inf,
                    help="requests/s with gamma arrivals (default inf: fixed concurrency)")  # fmt: skip
     p.add_argument("--burstiness", type=float, default=1.0, help="gamma shape; 1 = Poisson")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ from leaflm.bench.machine import describe_machine
 from leaflm.bench.metrics import OfflineResult, parse_slo
 from leaflm.bench.model_dir import resolve_model_dir
 from leaflm.bench.workload import BenchRequest, chat_workload, random_workload
+
+DEFAULT_REPORT_BUDGET_MIN = 28.0  # `nox -s bench` must finish in 30 minutes on 2 cores
 
 
 def _device(name: str) -> str:
@@ -60,14 +64,20 @@ def _offline(
     from leaflm.bench.offline import run_throughput
 
     requests = _workload(args, model_dir, args.output_len)
-    subsets = {"hf-single": args.hf_single_requests, "hf-cb": args.hf_cb_requests}
+    subsets = {"hf-single": args.hf_single_requests, "hf-static": args.hf_static_requests,
+               "hf-cb": args.hf_cb_requests}  # fmt: skip
     return run_throughput(requests, model_dir, args.backends, device, args.dtype,
                           {k: v for k, v in subsets.items() if v}, args.batch_size,
                           failures=failures)  # fmt: skip
 
 
 def _serving(
-    args: argparse.Namespace, model_dir: Path, device: str, output_len: int, log_dir: Path
+    args: argparse.Namespace,
+    model_dir: Path,
+    device: str,
+    output_len: int,
+    log_dir: Path,
+    budget_s: float = math.inf,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
     from leaflm.bench.serve import parse_target, run_serve
 
@@ -77,7 +87,8 @@ def _serving(
                      slo=parse_slo(args.slo), per_user=args.requests_per_user,
                      min_requests=args.min_requests, max_requests=args.max_requests,
                      time_limit=args.time_limit, request_rate=args.request_rate,
-                     burstiness=args.burstiness, device=device, dtype=args.dtype)  # fmt: skip
+                     burstiness=args.burstiness, device=device, dtype=args.dtype,
+                     budget_s=budget_s)  # fmt: skip
 
 
 def _print_offline(results: list[OfflineResult]) -> None:
@@ -117,9 +128,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     model_dir = resolve_model_dir(args.model)
+    budget = args.budget_minutes * 60 if args.budget_minutes else math.inf
     with tempfile.TemporaryDirectory() as tmp:
         log_dir = Path(args.out) if args.out else Path(tmp)
-        rows, raw, problems = _serving(args, model_dir, device, args.output_len, log_dir)
+        rows, raw, problems = _serving(args, model_dir, device, args.output_len, log_dir, budget)
     print(markdown_table(serving_table(rows)))
     for problem in problems:
         print(f"problem: {problem}")
@@ -146,6 +158,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         out = Path(args.out_root) / (args.name or Path(args.from_json).parent.name)
         print(f"report: {write_report(results, out)}")
         return 0
+    started = time.monotonic()
+    budget = (args.budget_minutes or DEFAULT_REPORT_BUDGET_MIN) * 60
     device = _device(args.device)
     model_dir = resolve_model_dir(args.model)
     out = Path(args.out_root) / (args.name or _default_name(args, device))
@@ -163,12 +177,15 @@ def cmd_report(args: argparse.Namespace) -> int:
                                  concurrency=args.concurrency, slo=args.slo,
                                  requests_per_user=args.requests_per_user,
                                  max_requests=args.max_requests,
-                                 time_limit_per_level_s=args.time_limit)  # fmt: skip
+                                 time_limit_per_level_s=args.time_limit,
+                                 budget_minutes=budget / 60)  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
+            left = budget - (time.monotonic() - started)
             rows, raw, problems = _serving(
-                args, model_dir, device, args.serve_output_len, Path(tmp)
+                args, model_dir, device, args.serve_output_len, Path(tmp), left
             )
         results.update(serving=rows, serving_raw=raw, problems=results["problems"] + problems)
+    results["notes"].append(f"whole run took {(time.monotonic() - started) / 60:.1f} minutes")
     print(f"report: {write_report(results, out)}")
     return 0
 

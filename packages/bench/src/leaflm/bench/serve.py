@@ -14,6 +14,7 @@ import math
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +48,9 @@ class TargetSpec:
     api: str = "completions"
     ignore_eos: str = ""  # for URL targets; managed kinds use _IGNORE_EOS
     extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+MIN_LEVEL_SECONDS = 10.0  # a level with less time left than this is not started
 
 
 def parse_target(text: str, api: str = "completions") -> TargetSpec:
@@ -149,14 +153,22 @@ def sweep_target(
     request_rate: float,
     burstiness: float,
     log: Callable[[str], None],
+    deadline: float = math.inf,
+    problems: list[str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """All levels for one already-running target."""
+    """All levels for one already-running target; levels past `deadline` are skipped."""
     _warm_up(target, workload)
     rows, raw = [], {}
     for users in levels:
+        left = deadline - time.monotonic()
+        if left < MIN_LEVEL_SECONDS:
+            if problems is not None:
+                problems.append(f"{spec.name}@{users} users: skipped, time budget spent")
+            continue
         n = level_requests(users, per_user, min_requests, max_requests)
-        log(f"[serve] {spec.name}: {users} users, {n} requests ...")
-        result = run_level(target, workload, users, n, time_limit, request_rate, burstiness)
+        limit = min(time_limit, left)
+        log(f"[serve] {spec.name}: {users} users, {n} requests, at most {limit:.0f} s ...")
+        result = run_level(target, workload, users, n, limit, request_rate, burstiness)
         records = [RequestRecord.from_dict(r) for r in result["records"]]
         row = {"target": spec.name, "concurrency": users, "planned": n}
         row.update(summarize(records, result["duration_s"], slo))
@@ -188,10 +200,12 @@ def run_serve(
     device: str = "cpu",
     dtype: str = "auto",
     log: Callable[[str], None] = print,
+    budget_s: float = math.inf,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[dict[str, Any]]]], list[str]]:
     """Sweep every target; returns metric rows, raw records per target/level, and problems.
 
-    A target that cannot start is reported in `problems` and skipped, not fatal.
+    A target that cannot start is reported in `problems` and skipped, not fatal. After
+    `budget_s` seconds no new level starts and running levels are cut short.
     """
     if not levels or any(u < 1 for u in levels):
         raise ValueError(f"concurrency levels must be >= 1, got {levels}")
@@ -207,8 +221,13 @@ def run_serve(
         request_rate=request_rate,
         burstiness=burstiness,
         log=log,
+        deadline=time.monotonic() + budget_s,
+        problems=problems,
     )
     for spec in specs:
+        if time.monotonic() > common["deadline"] - MIN_LEVEL_SECONDS:
+            problems.append(f"{spec.name}: skipped, time budget spent")
+            continue
         api = "chat" if workload[0].messages is not None and spec.api != "tgi" else spec.api
         try:
             if spec.kind is None:

@@ -6,13 +6,19 @@ built once and cached. Prints leaflm's output tokens/s; the bench package adds t
 side-by-side.
 
     OMP_NUM_THREADS=2 python packages/engine/benchmarks/throughput.py
+
+OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE unless already set): on a shared
+2-core machine, spinning threads of a busy peer made decode steps ~20x slower.
 """
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads the OpenMP runtime
+
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -93,6 +99,7 @@ def main() -> None:
         "output_tok_s": round(out_tokens / elapsed, 2),
         "total_tok_s": round((out_tokens + args.num_prompts * args.input_len) / elapsed, 2),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     if args.json:
         print(json.dumps(result))

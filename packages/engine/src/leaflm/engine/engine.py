@@ -14,11 +14,10 @@ from typing import Any
 
 import torch
 
-from leaflm import kernels
 from leaflm.engine.block_manager import BlockManager
 from leaflm.engine.config import EngineArgs, ModelConfig
 from leaflm.engine.engine_setup import load_model_config, size_kv_cache
-from leaflm.engine.layers.sampler import Sampler, wants_logprobs
+from leaflm.engine.layers.sampler import Sampler
 from leaflm.engine.model_runner import ModelRunner
 from leaflm.engine.output_processor import OutputProcessor
 from leaflm.engine.outputs import EngineStats, RequestMetrics, RequestOutput
@@ -168,7 +167,7 @@ class LLMEngine:
             seq.num_computed_tokens += n
             self.block_manager.cache_full_blocks(seq)
         if prompt_targets:
-            self._prompt_logprobs(logits, prompt_targets)
+            self.outputs.add_prompt_logprobs(logits, prompt_targets)
         sample_seqs, sample_rows = self._fork(samplers)
         if not sample_seqs:
             return []
@@ -178,18 +177,7 @@ class LLMEngine:
         touched: dict[str, Request] = {}
         now = time.monotonic()
         for j, seq in enumerate(sample_seqs):
-            token = result.token_ids[j]
-            if result.logprobs is not None and wants_logprobs(seq):
-                seq.cumulative_logprob += result.logprobs[j]
-                if seq.logprobs is not None:
-                    top = seq.request.params.logprobs
-                    seq.logprobs.append(
-                        self.outputs.logprob_entry(
-                            token, result.logprobs[j], result.ranks[j],
-                            result.top_ids[j][:top], result.top_logprobs[j][:top],
-                        )
-                    )  # fmt: skip
-            self.outputs.append_token(seq, token)
+            self.outputs.append_sampled(seq, result, j)
             self.generation_tokens_total += 1
             req = seq.request
             if req.metrics.first_token_time is None:
@@ -228,24 +216,6 @@ class LLMEngine:
                     seqs.append(child)
                     rows.append(row)
         return seqs, rows
-
-    def _prompt_logprobs(
-        self, logits: torch.Tensor, targets: list[tuple[Request, int, int]]
-    ) -> None:
-        """Append the logprob entries of prompt tokens predicted in this step."""
-        idx = torch.tensor([row for _, _, row in targets], device=logits.device)
-        tokens = torch.tensor([r.prompt_token_ids[q] for r, q, _ in targets], device=logits.device)
-        top_n = max(r.params.prompt_logprobs or 0 for r, _, _ in targets)
-        lp, top_ids, top_lp, rank = kernels.compute_logprobs(
-            logits[idx], tokens, top_n, return_rank=True
-        )
-        lp, rank, top_ids, top_lp = lp.tolist(), rank.tolist(), top_ids.tolist(), top_lp.tolist()
-        for j, (req, q, _) in enumerate(targets):
-            n = req.params.prompt_logprobs or 0
-            entry = self.outputs.logprob_entry(
-                req.prompt_token_ids[q], lp[j], rank[j], top_ids[j][:n], top_lp[j][:n]
-            )
-            req.prompt_logprobs.append(entry)
 
     # -- introspection -----------------------------------------------------------------------
     def stats(self) -> EngineStats:

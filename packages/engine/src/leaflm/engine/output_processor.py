@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
+from leaflm import kernels
 from leaflm.engine.detokenizer import IncrementalDetokenizer
+from leaflm.engine.layers.sampler import SamplerOutput, wants_logprobs
 from leaflm.engine.outputs import CompletionOutput, Logprob, RequestOutput
 from leaflm.engine.sequence import Request, Sequence
 from leaflm.engine.stop_checker import check_stop, stop_by_token, stop_holdback
@@ -33,6 +37,42 @@ class OutputProcessor:
             if tid not in entry:
                 entry[tid] = Logprob(lp, r, self.decode_token(tid))
         return entry
+
+    def add_prompt_logprobs(
+        self, logits: torch.Tensor, targets: list[tuple[Request, int, int]]
+    ) -> None:
+        """Append logprob entries for prompt tokens predicted in this step.
+
+        `targets` are (request, prompt position, row of `logits` that predicts it).
+        """
+        idx = torch.tensor([row for _, _, row in targets], device=logits.device)
+        tokens = torch.tensor([r.prompt_token_ids[q] for r, q, _ in targets], device=logits.device)
+        top_n = max(r.params.prompt_logprobs or 0 for r, _, _ in targets)
+        lp, top_ids, top_lp, rank = kernels.compute_logprobs(
+            logits[idx], tokens, top_n, return_rank=True
+        )
+        lp, rank, top_ids, top_lp = lp.tolist(), rank.tolist(), top_ids.tolist(), top_lp.tolist()
+        for j, (req, q, _) in enumerate(targets):
+            n = req.params.prompt_logprobs or 0
+            entry = self.logprob_entry(
+                req.prompt_token_ids[q], lp[j], rank[j], top_ids[j][:n], top_lp[j][:n]
+            )
+            req.prompt_logprobs.append(entry)
+
+    def append_sampled(self, seq: Sequence, result: SamplerOutput, row: int) -> None:
+        """Record row `row` of the sampler's result (token, logprobs) on `seq`."""
+        token = result.token_ids[row]
+        if result.logprobs is not None and wants_logprobs(seq):
+            seq.cumulative_logprob += result.logprobs[row]
+            if seq.logprobs is not None:
+                top = seq.request.params.logprobs
+                seq.logprobs.append(
+                    self.logprob_entry(
+                        token, result.logprobs[row], result.ranks[row],
+                        result.top_ids[row][:top], result.top_logprobs[row][:top],
+                    )
+                )  # fmt: skip
+        self.append_token(seq, token)
 
     def append_token(self, seq: Sequence, token: int) -> None:
         """Add a sampled token to `seq`, update its text and decide whether it stops."""

@@ -96,3 +96,32 @@ def test_abort_ends_stream_and_errors_come_first(llama_dir, assert_no_leaks):
             await engine.shutdown()
 
     assert_no_leaks(asyncio.run(main()))
+
+
+def test_model_error_fails_requests_and_frees_blocks(llama_dir, assert_no_leaks):
+    async def main():
+        engine = AsyncLLM(str(llama_dir))
+        runner = engine.engine.runner
+        real, calls = runner.execute, {"n": 0}
+
+        def flaky(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("injected model failure")
+            return real(*args, **kwargs)
+
+        runner.execute = flaky
+        try:
+            params = SamplingParams(max_tokens=10, ignore_eos=True)
+            with pytest.raises(RuntimeError, match="injected"):
+                async for _ in engine.generate([5, 6, 7, 8], params, "boom"):
+                    pass
+            # The engine keeps serving after the failure.
+            outs = [o async for o in engine.generate([9, 10, 11], params, "after")]
+            assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == 10
+            await _wait_idle(engine)
+            return engine
+        finally:
+            await engine.shutdown()
+
+    assert_no_leaks(asyncio.run(main()))

@@ -138,12 +138,11 @@ class AsyncLLM:
                 self._wake.wait(timeout=0.1)
                 self._wake.clear()
                 continue
+            before = set(self.engine.requests)
             try:
                 outputs = self.engine.step()
-            except Exception as exc:  # the engine aborted the batch; fail its streams
-                with self._lock:
-                    pending = [rid for rid in self._streams if rid not in self.engine.requests]
-                for rid in pending:
+            except Exception as exc:  # the engine aborted that batch's requests: fail their streams
+                for rid in before - set(self.engine.requests):
                     self._deliver(exc, rid)
                 continue
             for out in outputs:

@@ -25,11 +25,19 @@ _COLORS = {"leaflm": "#2e7d32", "hf-single": "#9e9e9e", "hf-static": "#1565c0",
 
 
 def _plain_numbers(axis: Any) -> None:
-    """Log axes labelled 200, 400, 1000 rather than 2x10^2."""
+    """Log axes labelled 200, 500, 1000 rather than 2x10^2; call after plotting.
+
+    Minor ticks get labels only when the axis spans less than ~1.5 decades, else they crowd.
+    """
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
-    axis.set_minor_formatter(
-        ticker.FuncFormatter(lambda v, _pos: f"{v:g}" if str(v)[0] in "25" else "")
-    )
+    lo, hi = axis.get_view_interval()
+    if lo > 0 and hi / lo < 5:
+        axis.set_minor_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+    elif lo > 0 and hi / lo < 30:
+        minor = ticker.FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:g}"[0] in "25" else "")
+        axis.set_minor_formatter(minor)
+    else:
+        axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _color(name: str, index: int) -> str:

@@ -40,11 +40,17 @@ def write_kv_cache(
 
 
 def _gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, num_blocks: int) -> torch.Tensor:
-    """``[S, num_blocks * block_size, H_kv, D]`` float32 view of each sequence's first blocks."""
-    tables = block_tables[:, :num_blocks].long()
-    g = cache[tables]  # [S, nb, bs, H, D]
-    s, nb, bs = g.shape[:3]
-    return g.reshape(s, nb * bs, *cache.shape[2:]).float()
+    """``[S, H_kv, num_blocks * block_size, D]`` float32 copy of each sequence's first blocks.
+
+    One ``index_select`` over whole blocks, then heads to the front so each (sequence, KV head)
+    is one contiguous ``[K, D]`` matrix: the score and value products become plain batched
+    GEMMs instead of strided ones (several times faster on CPU).
+    """
+    tables = block_tables[:, :num_blocks].reshape(-1).long()
+    g = cache.index_select(0, tables)  # [S * nb, bs, H, D]
+    s = block_tables.shape[0]
+    g = g.view(s, num_blocks * cache.shape[1], *cache.shape[2:])
+    return g.transpose(1, 2).contiguous().float()
 
 
 def _scores(
@@ -58,34 +64,40 @@ def _scores(
     softcap: float | None,
     valid: torch.Tensor,
 ) -> torch.Tensor:
-    """Masked scores ``[..., H, Q, K]`` for q ``[..., Q, H, D]`` and k ``[..., K, H_kv, D]``.
+    """Masked scores ``[B, H_kv, G, Q, K]`` for q ``[B, Q, H, D]`` and k ``[B, H_kv, K, D]``.
 
-    ``q_pos`` ``[..., Q]`` and ``k_pos`` ``[K]`` are absolute positions; ``valid`` ``[..., 1, 1, K]``
-    masks keys beyond each sequence's length.
+    Query head ``h`` reads KV head ``h // G`` (``G = H / H_kv``): viewing the queries grouped
+    by KV head lets one KV head serve its whole group without repeating keys. ``q_pos``
+    ``[B, Q]`` and ``k_pos`` ``[K]`` are absolute positions; ``valid`` ``[B, K]`` masks keys
+    beyond each sequence's length.
     """
-    num_heads, num_kv = q.shape[-2], k.shape[-2]
+    b, nq, num_heads, d = q.shape
+    num_kv = k.shape[1]
     group = num_heads // num_kv
-    if group > 1:
-        k = k.repeat_interleave(group, dim=-2)
-    s = torch.einsum("...qhd,...khd->...hqk", q, k) * scale
+    qg = q.view(b, nq, num_kv, group, d).permute(0, 2, 3, 1, 4).reshape(b, num_kv, group * nq, d)
+    s = torch.matmul(qg, k.transpose(-1, -2)).view(b, num_kv, group, nq, -1) * scale
     if softcap is not None and softcap > 0:
         s = softcap * torch.tanh(s / softcap)
-    rel = (k_pos - q_pos.unsqueeze(-1)).unsqueeze(-3).float()  # [..., 1, Q, K]
+    rel = (k_pos - q_pos.unsqueeze(-1)).view(b, 1, 1, nq, -1)  # [B, 1, 1, Q, K]
     if alibi_slopes is not None:
-        s = s + alibi_slopes.float().view(-1, 1, 1) * rel
-    mask = (rel <= 0) & valid
+        s = s + alibi_slopes.float().view(num_kv, group, 1, 1) * rel.float()
+    mask = (rel <= 0) & valid.view(b, 1, 1, 1, -1)
     if sliding_window is not None and sliding_window > 0:
         mask = mask & (rel > -sliding_window)
     return s.masked_fill(~mask, float("-inf"))
 
 
-def _softmax_v(s: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """``softmax(s) @ v`` -> ``[..., Q, H, D]``; rows with no visible key give zeros."""
-    group = num_heads // v.shape[-2]
-    if group > 1:
-        v = v.repeat_interleave(group, dim=-2)
+def _softmax_v(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(s) @ v`` for s ``[B, H_kv, G, Q, K]``, v ``[B, H_kv, K, D]`` -> ``[B, Q, H, D]``.
+
+    Rows with no visible key give zeros.
+    """
+    b, num_kv, group, nq, _ = s.shape
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)
-    return torch.einsum("...hqk,...khd->...qhd", p, v)
+    o = torch.matmul(p.view(b, num_kv, group * nq, -1), v)  # [B, H_kv, G * Q, D]
+    return (
+        o.view(b, num_kv, group, nq, -1).permute(0, 3, 1, 2, 4).reshape(b, nq, num_kv * group, -1)
+    )
 
 
 def paged_attention_decode(
@@ -111,7 +123,7 @@ def paged_attention_decode(
     """
     if out is None:
         out = torch.empty_like(query)
-    num_seqs, num_heads, _ = query.shape
+    num_seqs = query.shape[0]
     if num_seqs == 0:
         return out
     bs = key_cache.shape[1]
@@ -121,12 +133,12 @@ def paged_attention_decode(
     v = _gather_kv(value_cache, block_tables, nb)
     k_pos = torch.arange(nb * bs, device=query.device)
     lens = seq_lens.long()
-    valid = (k_pos.unsqueeze(0) < lens.unsqueeze(1)).view(num_seqs, 1, 1, -1)
+    valid = k_pos.unsqueeze(0) < lens.unsqueeze(1)  # [S, K]
     q = query.float().unsqueeze(1)  # [S, 1, H, D]
     s = _scores(
         q, k, (lens - 1).unsqueeze(1), k_pos, scale, alibi_slopes, sliding_window, softcap, valid
     )
-    out.copy_(_softmax_v(s, v, num_heads).squeeze(1))
+    out.copy_(_softmax_v(s, v).squeeze(1))
     return out
 
 
@@ -176,12 +188,12 @@ def paged_attention_prefill(
             continue
         length = lens[i]
         nb = -(-length // bs)
-        k = _gather_kv(key_cache, block_tables[i : i + 1], nb)[0, :length]
-        v = _gather_kv(value_cache, block_tables[i : i + 1], nb)[0, :length]
-        q = query[starts[i] : starts[i + 1]].float()
-        q_pos = torch.arange(length - n, length, device=query.device)
+        k = _gather_kv(key_cache, block_tables[i : i + 1], nb)[:, :, :length]
+        v = _gather_kv(value_cache, block_tables[i : i + 1], nb)[:, :, :length]
+        q = query[starts[i] : starts[i + 1]].float().unsqueeze(0)  # [1, n, H, D]
+        q_pos = torch.arange(length - n, length, device=query.device).unsqueeze(0)
         k_pos = torch.arange(length, device=query.device)
-        valid = torch.ones(1, 1, length, dtype=torch.bool, device=query.device)
+        valid = torch.ones(1, length, dtype=torch.bool, device=query.device)
         s = _scores(q, k, q_pos, k_pos, scale, alibi_slopes, sliding_window, softcap, valid)
-        out[starts[i] : starts[i + 1]] = _softmax_v(s, v, query.shape[1]).to(out.dtype)
+        out[starts[i] : starts[i + 1]] = _softmax_v(s, v)[0].to(out.dtype)
     return out

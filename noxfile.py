@@ -7,6 +7,7 @@ torch is present: an unpinned torch (asked for by any package) pulls GBs of CUDA
 from __future__ import annotations
 
 import os
+import sys
 
 import nox
 
@@ -111,7 +112,15 @@ def gpu(session: nox.Session) -> None:
         "TOKENIZERS_PARALLELISM": "false",
     }
     out_dir = os.environ.get("LEAFLM_GPU_OUT", "benchmarks/gpu")
-    session.run("python", "-m", "pytest", "-m", "gpu", "packages/kernels/tests", env=env)
+    os.makedirs(out_dir, exist_ok=True)
+    gpu_tests = ["packages/kernels/tests", "packages/engine/tests/test_gpu.py"]
+    session.run(sys.executable, "-m", "pytest", "-m", "gpu", *gpu_tests, env=env)
     session.run(
-        "python", "-m", "leaflm.kernels.benchmarks.gpu_microbench", "--out", out_dir, env=env
+        sys.executable, "-m", "leaflm.kernels.benchmarks.gpu_microbench", "--out", out_dir, env=env
     )
+    with open(os.path.join(out_dir, "engine_throughput.jsonl"), "w") as sink:
+        for num_prompts in ("64", "256"):
+            session.run(
+                sys.executable, "packages/engine/benchmarks/throughput.py", "--json",
+                "--num-prompts", num_prompts, env=env, stdout=sink,
+            )  # fmt: skip

@@ -8,7 +8,7 @@ stream carries the normed or the raw hidden states, as in HF.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +17,9 @@ from torch import nn
 from leaflm.engine.forward_context import ForwardContext
 from leaflm.engine.layers.alibi import alibi_slopes
 from leaflm.engine.layers.attention import Attention
-from leaflm.engine.layers.embedding import LMHead, VocabEmbedding
+from leaflm.engine.layers.embedding import VocabEmbedding
 from leaflm.engine.layers.linear import Linear
+from leaflm.engine.models.base import CausalLM
 
 
 class BloomAttention(nn.Module):
@@ -84,40 +85,26 @@ class BloomModel(nn.Module):
         self.h = nn.ModuleList(BloomBlock(cfg, i, self.slopes) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=eps)
 
-    def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        """`positions` is unused (ALiBi), taken so every backbone has one signature."""
         hidden = self.word_embeddings_layernorm(self.word_embeddings(input_ids))
         for block in self.h:
             hidden = block(hidden, ctx)
         return self.ln_f(hidden)
 
 
-class BloomForCausalLM(nn.Module):
-    packed_modules: ClassVar[dict[str, tuple[str, int]]] = {}
-    ignored_weights: ClassVar[tuple[str, ...]] = ()
+class BloomForCausalLM(CausalLM):
+    backbone_attr = "transformer"
+    tie_by_default = True
 
     def __init__(self, cfg: Any) -> None:
-        super().__init__()
-        self.config = cfg
-        self.transformer = BloomModel(cfg)
-        tied = bool(getattr(cfg, "tie_word_embeddings", True))
-        self.lm_head = LMHead(
-            cfg.vocab_size, cfg.hidden_size, self.transformer.word_embeddings if tied else None
-        )
-        self.tied_weights = {"lm_head.weight"} if tied else set()
-        self.num_layers, self.num_kv_heads = cfg.n_layer, cfg.n_head
-        self.head_dim = cfg.hidden_size // cfg.n_head
+        model = BloomModel(cfg)
+        kv_shape = (cfg.n_layer, cfg.n_head, cfg.hidden_size // cfg.n_head)
+        super().__init__(cfg, model, model.word_embeddings, kv_shape)
 
-    @staticmethod
-    def checkpoint_name(name: str) -> str:
+    @classmethod
+    def checkpoint_name(cls, name: str) -> str:
         """Hub BLOOM files name tensors without the `transformer.` prefix."""
-        if not name.startswith(("transformer.", "lm_head.")):
-            name = "transformer." + name
-        return name
-
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
-    ) -> torch.Tensor:
-        return self.transformer(input_ids, ctx)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        return cls.with_backbone_prefix(name)

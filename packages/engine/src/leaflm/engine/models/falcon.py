@@ -12,7 +12,7 @@ Old `RWForCausalLM` checkpoints (config model_type "RefinedWebModel"/"RefinedWeb
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,10 +21,11 @@ from leaflm.engine.forward_context import ForwardContext
 from leaflm.engine.layers.activation import activation_fn
 from leaflm.engine.layers.alibi import alibi_slopes
 from leaflm.engine.layers.attention import Attention
-from leaflm.engine.layers.embedding import LMHead, VocabEmbedding
+from leaflm.engine.layers.embedding import VocabEmbedding
 from leaflm.engine.layers.linear import Linear
 from leaflm.engine.layers.rope_settings import rope_settings
 from leaflm.engine.layers.rotary import RotaryEmbedding
+from leaflm.engine.models.base import ROTARY_BUFFERS, CausalLM
 
 
 def _num_kv_heads(cfg: Any) -> int:
@@ -160,30 +161,19 @@ class FalconModel(nn.Module):
         return self.ln_f(hidden)
 
 
-class FalconForCausalLM(nn.Module):
-    packed_modules: ClassVar[dict[str, tuple[str, int]]] = {}
-    ignored_weights: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
+class FalconForCausalLM(CausalLM):
+    ignored_weights = ROTARY_BUFFERS
+    backbone_attr = "transformer"
+    tie_by_default = True
 
     def __init__(self, cfg: Any) -> None:
-        super().__init__()
-        self.config = cfg
-        self.transformer = FalconModel(cfg)
-        tied = bool(getattr(cfg, "tie_word_embeddings", True))
-        self.lm_head = LMHead(
-            cfg.vocab_size, cfg.hidden_size, self.transformer.word_embeddings if tied else None
+        model = FalconModel(cfg)
+        kv_shape = (
+            cfg.num_hidden_layers,
+            _num_kv_heads(cfg),
+            cfg.hidden_size // cfg.num_attention_heads,
         )
-        self.tied_weights = {"lm_head.weight"} if tied else set()
-        self.num_layers = cfg.num_hidden_layers
-        self.num_kv_heads = _num_kv_heads(cfg)
-        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
-    ) -> torch.Tensor:
-        return self.transformer(input_ids, positions, ctx)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        super().__init__(cfg, model, model.word_embeddings, kv_shape)
 
 
 _LEGACY_KEYS = {

@@ -9,7 +9,7 @@ optional attention and final-logit soft-capping. `layer_types` says which layers
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,10 +18,11 @@ from leaflm import kernels
 from leaflm.engine.forward_context import ForwardContext
 from leaflm.engine.layers.activation import GeluAndMul
 from leaflm.engine.layers.attention import Attention
-from leaflm.engine.layers.embedding import LMHead, VocabEmbedding
+from leaflm.engine.layers.embedding import VocabEmbedding
 from leaflm.engine.layers.linear import Linear, MergedLinear
 from leaflm.engine.layers.rope_settings import rope_settings
 from leaflm.engine.layers.rotary import RotaryEmbedding
+from leaflm.engine.models.base import LLAMA_PACKED_MODULES, ROTARY_BUFFERS, CausalLM
 
 
 class GemmaRMSNorm(nn.Module):
@@ -162,36 +163,19 @@ class Gemma3TextModel(nn.Module):
         return self.norm(hidden)
 
 
-class Gemma3ForCausalLM(nn.Module):
-    packed_modules: ClassVar[dict[str, tuple[str, int]]] = {
-        "q_proj": ("qkv_proj", 0),
-        "k_proj": ("qkv_proj", 1),
-        "v_proj": ("qkv_proj", 2),
-        "gate_proj": ("gate_up_proj", 0),
-        "up_proj": ("gate_up_proj", 1),
-    }
-    ignored_weights: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
+class Gemma3ForCausalLM(CausalLM):
+    packed_modules = LLAMA_PACKED_MODULES
+    ignored_weights = ROTARY_BUFFERS
+    tie_by_default = True
 
     def __init__(self, cfg: Any) -> None:
-        super().__init__()
-        self.config = cfg
-        self.model = Gemma3TextModel(cfg)
-        tied = bool(getattr(cfg, "tie_word_embeddings", True))
-        self.lm_head = LMHead(
-            cfg.vocab_size, cfg.hidden_size, self.model.embed_tokens if tied else None
-        )
-        self.tied_weights = {"lm_head.weight"} if tied else set()
+        model = Gemma3TextModel(cfg)
+        kv_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
+        super().__init__(cfg, model, model.embed_tokens, kv_shape)
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
-        self.num_layers = cfg.num_hidden_layers
-        self.num_kv_heads, self.head_dim = cfg.num_key_value_heads, cfg.head_dim
-
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
-    ) -> torch.Tensor:
-        return self.model(input_ids, positions, ctx)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(hidden)
+        logits = super().compute_logits(hidden)
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits

@@ -8,7 +8,7 @@ the `transformer.` prefix; both load.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +16,8 @@ from torch import nn
 from leaflm.engine.forward_context import ForwardContext
 from leaflm.engine.layers.activation import activation_fn
 from leaflm.engine.layers.attention import Attention
-from leaflm.engine.layers.embedding import LMHead, VocabEmbedding
+from leaflm.engine.layers.embedding import VocabEmbedding
+from leaflm.engine.models.base import CausalLM
 
 
 class Conv1DLinear(nn.Module):
@@ -91,35 +92,19 @@ class GPT2Model(nn.Module):
         return self.ln_f(hidden)
 
 
-class GPT2LMHeadModel(nn.Module):
-    packed_modules: ClassVar[dict[str, tuple[str, int]]] = {}
-    ignored_weights: ClassVar[tuple[str, ...]] = ()
+class GPT2LMHeadModel(CausalLM):
+    backbone_attr = "transformer"
+    tie_by_default = True
 
     def __init__(self, cfg: Any) -> None:
-        super().__init__()
         if getattr(cfg, "add_cross_attention", False):
             raise ValueError("GPT-2 with cross-attention (an encoder-decoder) is not supported")
-        self.config = cfg
-        self.transformer = GPT2Model(cfg)
-        tied = bool(getattr(cfg, "tie_word_embeddings", True))
-        self.lm_head = LMHead(cfg.vocab_size, cfg.n_embd, self.transformer.wte if tied else None)
-        self.tied_weights = {"lm_head.weight"} if tied else set()
-        self.num_layers, self.num_kv_heads = cfg.n_layer, cfg.n_head
-        self.head_dim = cfg.n_embd // cfg.n_head
+        model = GPT2Model(cfg)
+        super().__init__(cfg, model, model.wte, (cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head))
 
-    @staticmethod
-    def checkpoint_name(name: str) -> str | None:
+    @classmethod
+    def checkpoint_name(cls, name: str) -> str | None:
         """Hub GPT-2 files omit `transformer.` and store causal-mask buffers; normalize/skip."""
         if name.endswith((".attn.bias", ".attn.masked_bias")):
             return None
-        if not name.startswith(("transformer.", "lm_head.")):
-            name = "transformer." + name
-        return name
-
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
-    ) -> torch.Tensor:
-        return self.transformer(input_ids, positions, ctx)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        return cls.with_backbone_prefix(name)

@@ -8,7 +8,7 @@ With `use_parallel_residual` a block computes `x + attn(ln1(x)) + mlp(ln2(x))`.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,10 +16,11 @@ from torch import nn
 from leaflm.engine.forward_context import ForwardContext
 from leaflm.engine.layers.activation import activation_fn
 from leaflm.engine.layers.attention import Attention
-from leaflm.engine.layers.embedding import LMHead, VocabEmbedding
+from leaflm.engine.layers.embedding import VocabEmbedding
 from leaflm.engine.layers.linear import Linear
 from leaflm.engine.layers.rope_settings import rope_settings
 from leaflm.engine.layers.rotary import RotaryEmbedding
+from leaflm.engine.models.base import ROTARY_BUFFERS, CausalLM
 
 
 class GPTNeoXAttention(nn.Module):
@@ -103,32 +104,17 @@ class GPTNeoXModel(nn.Module):
         return self.final_layer_norm(hidden)
 
 
-class GPTNeoXForCausalLM(nn.Module):
-    packed_modules: ClassVar[dict[str, tuple[str, int]]] = {}
+class GPTNeoXForCausalLM(CausalLM):
     # Old checkpoints store rotary and causal-mask buffers next to the weights.
-    ignored_weights: ClassVar[tuple[str, ...]] = (
-        "rotary_emb.inv_freq",
-        "attention.bias",
-        "attention.masked_bias",
-    )
+    ignored_weights = (*ROTARY_BUFFERS, "attention.bias", "attention.masked_bias")
+    backbone_attr = "gpt_neox"
+    head_attr = "embed_out"
 
     def __init__(self, cfg: Any) -> None:
-        super().__init__()
-        self.config = cfg
-        self.gpt_neox = GPTNeoXModel(cfg)
-        tied = bool(getattr(cfg, "tie_word_embeddings", False))
-        self.embed_out = LMHead(
-            cfg.vocab_size, cfg.hidden_size, self.gpt_neox.embed_in if tied else None
+        model = GPTNeoXModel(cfg)
+        kv_shape = (
+            cfg.num_hidden_layers,
+            cfg.num_attention_heads,
+            cfg.hidden_size // cfg.num_attention_heads,
         )
-        self.tied_weights = {"embed_out.weight"} if tied else set()
-        self.num_layers = cfg.num_hidden_layers
-        self.num_kv_heads = cfg.num_attention_heads
-        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
-    ) -> torch.Tensor:
-        return self.gpt_neox(input_ids, positions, ctx)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.embed_out(hidden)
+        super().__init__(cfg, model, model.embed_in, kv_shape)

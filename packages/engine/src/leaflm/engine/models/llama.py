@@ -8,6 +8,7 @@ matmul each (`packed_modules` tells the loader where each HF tensor goes).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -16,10 +17,11 @@ from torch import nn
 from leaflm.engine.forward_context import ForwardContext
 from leaflm.engine.layers.activation import SiluAndMul
 from leaflm.engine.layers.attention import Attention
-from leaflm.engine.layers.embedding import LMHead, VocabEmbedding
+from leaflm.engine.layers.embedding import VocabEmbedding
 from leaflm.engine.layers.linear import Linear, MergedLinear
 from leaflm.engine.layers.norm import RMSNorm
 from leaflm.engine.layers.rotary import RotaryEmbedding, rope_config
+from leaflm.engine.models.base import LLAMA_PACKED_MODULES, ROTARY_BUFFERS, CausalLM
 
 
 def layer_sliding_window(cfg: Any, layer_idx: int) -> int | None:
@@ -78,11 +80,13 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: Any, layer_idx: int, rotary: RotaryEmbedding, qkv_bias: bool) -> None:
+    """Pre-norm RMSNorm block; the caller builds `self_attn` so Qwen3's variant plugs in."""
+
+    def __init__(self, cfg: Any, self_attn: nn.Module) -> None:
         super().__init__()
         eps = getattr(cfg, "rms_norm_eps", 1e-6)
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps)
-        self.self_attn = LlamaAttention(cfg, layer_idx, rotary, qkv_bias)
+        self.self_attn = self_attn
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps)
         self.mlp = LlamaMLP(cfg)
 
@@ -103,17 +107,13 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: Any, qkv_bias: bool) -> None:
+    """Embedding, residual-carrying blocks, final norm; `make_attn(layer_idx)` builds attention."""
+
+    def __init__(self, cfg: Any, make_attn: Callable[[int], nn.Module]) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        rot_dim = int(head_dim * getattr(cfg, "partial_rotary_factor", 1.0))
-        base, scaling = rope_config(cfg)
-        rotary = RotaryEmbedding(
-            head_dim, rot_dim, cfg.max_position_embeddings, base, scaling, is_neox=True
-        )
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(cfg, i, rotary, qkv_bias) for i in range(cfg.num_hidden_layers)
+            LlamaDecoderLayer(cfg, make_attn(i)) for i in range(cfg.num_hidden_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, getattr(cfg, "rms_norm_eps", 1e-6))
 
@@ -128,40 +128,29 @@ class LlamaModel(nn.Module):
         return hidden
 
 
-class LlamaForCausalLM(nn.Module):
+def llama_kv_shape(model: LlamaModel) -> tuple[int, int, int]:
+    """`CausalLM`'s `kv_shape`, read from the built attention (head_dim may be explicit)."""
+    attn = model.layers[0].self_attn
+    return len(model.layers), attn.num_kv_heads, attn.head_dim
+
+
+class LlamaForCausalLM(CausalLM):
     """Llama/Mistral/Qwen2 causal LM: `forward` gives hidden states, `compute_logits` logits."""
 
     qkv_bias: ClassVar[bool] = False
-    # HF tensor name piece -> (merged module name piece, shard index)
-    packed_modules: ClassVar[dict[str, tuple[str, int]]] = {
-        "q_proj": ("qkv_proj", 0),
-        "k_proj": ("qkv_proj", 1),
-        "v_proj": ("qkv_proj", 2),
-        "gate_proj": ("gate_up_proj", 0),
-        "up_proj": ("gate_up_proj", 1),
-    }
-    ignored_weights: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
+    packed_modules = LLAMA_PACKED_MODULES
+    ignored_weights = ROTARY_BUFFERS
 
     def __init__(self, cfg: Any) -> None:
-        super().__init__()
-        self.config = cfg
-        self.model = LlamaModel(cfg, self.qkv_bias)
-        tied = bool(getattr(cfg, "tie_word_embeddings", False))
-        self.lm_head = LMHead(
-            cfg.vocab_size, cfg.hidden_size, self.model.embed_tokens if tied else None
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        rot_dim = int(head_dim * getattr(cfg, "partial_rotary_factor", 1.0))
+        base, scaling = rope_config(cfg)
+        rotary = RotaryEmbedding(
+            head_dim, rot_dim, cfg.max_position_embeddings, base, scaling, is_neox=True
         )
-        self.tied_weights = {"lm_head.weight"} if tied else set()
-        attn = self.model.layers[0].self_attn
-        self.num_kv_heads, self.head_dim = attn.num_kv_heads, attn.head_dim
-        self.num_layers = cfg.num_hidden_layers
-
-    def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
-    ) -> torch.Tensor:
-        return self.model(input_ids, positions, ctx)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        qkv_bias = self.qkv_bias
+        model = LlamaModel(cfg, lambda i: LlamaAttention(cfg, i, rotary, qkv_bias))
+        super().__init__(cfg, model, model.embed_tokens, llama_kv_shape(model))
 
 
 class MistralForCausalLM(LlamaForCausalLM):

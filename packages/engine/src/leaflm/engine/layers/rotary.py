@@ -1,7 +1,6 @@
-"""Rotary position embedding, configured from an HF config (old and transformers-5 styles).
+"""Rotary position embedding applied from a precomputed cos/sin cache.
 
-transformers 5 keeps `rope_theta` and the scaling dict together in `config.rope_parameters`;
-older configs have `rope_theta` and `rope_scaling` as separate attributes. Both are read here.
+The base and scaling come from `rope_settings` (both HF config generations, no guessed base).
 """
 
 from __future__ import annotations
@@ -12,23 +11,6 @@ import torch
 from torch import nn
 
 from leaflm import kernels
-
-
-def rope_config(hf_config: Any) -> tuple[float, dict[str, Any] | None]:
-    """`(base, scaling)` from an HF config; scaling is None for plain RoPE."""
-    params = getattr(hf_config, "rope_parameters", None) or {}
-    scaling = getattr(hf_config, "rope_scaling", None) or params or None
-    base = params.get("rope_theta") or getattr(hf_config, "rope_theta", None) or 10000.0
-    if scaling is not None:
-        kind = scaling.get("rope_type") or scaling.get("type") or "default"
-        if kind == "default":
-            scaling = None
-        else:
-            scaling = dict(scaling)
-            scaling.setdefault(
-                "max_position_embeddings", getattr(hf_config, "max_position_embeddings", None)
-            )
-    return float(base), scaling
 
 
 class RotaryEmbedding(nn.Module):

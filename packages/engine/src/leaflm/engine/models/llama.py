@@ -20,7 +20,8 @@ from leaflm.engine.layers.attention import Attention
 from leaflm.engine.layers.embedding import VocabEmbedding
 from leaflm.engine.layers.linear import Linear, MergedLinear
 from leaflm.engine.layers.norm import RMSNorm
-from leaflm.engine.layers.rotary import RotaryEmbedding, rope_config
+from leaflm.engine.layers.rope_settings import rope_settings
+from leaflm.engine.layers.rotary import RotaryEmbedding
 from leaflm.engine.models.base import LLAMA_PACKED_MODULES, ROTARY_BUFFERS, CausalLM
 
 
@@ -143,10 +144,10 @@ class LlamaForCausalLM(CausalLM):
 
     def __init__(self, cfg: Any) -> None:
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        rot_dim = int(head_dim * getattr(cfg, "partial_rotary_factor", 1.0))
-        base, scaling = rope_config(cfg)
+        rope = rope_settings(cfg)
+        rot_dim = int(head_dim * rope.partial_rotary_factor)
         rotary = RotaryEmbedding(
-            head_dim, rot_dim, cfg.max_position_embeddings, base, scaling, is_neox=True
+            head_dim, rot_dim, cfg.max_position_embeddings, rope.base, rope.scaling, is_neox=True
         )
         qkv_bias = self.qkv_bias
         model = LlamaModel(cfg, lambda i: LlamaAttention(cfg, i, rotary, qkv_bias))

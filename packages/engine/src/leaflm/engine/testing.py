@@ -173,18 +173,23 @@ def tiny_config(arch: str, vocab_size: int, **overrides: Any):
     """A tiny `transformers` config for one architecture family."""
     import transformers
 
+    # LLaMA-family overrides go into the constructor: values the config derives from others
+    # (head_dim from hidden_size / num_attention_heads) must follow them, or the "shape" is
+    # not the one asked for. Other families pin their own derived values.
     base = _base_config(vocab_size)
+    if arch in ("llama", "mistral", "qwen2"):
+        base = {**base, **overrides}
     if arch == "llama":
         cfg = transformers.LlamaConfig(**base)
     elif arch == "mistral":
-        cfg = transformers.MistralConfig(**{**base, "sliding_window": 16})
+        cfg = transformers.MistralConfig(**{"sliding_window": 16, **base})
     elif arch == "qwen2":
         cfg = transformers.Qwen2Config(**base)
     elif arch in _OTHER_CONFIGS:
         cfg = _OTHER_CONFIGS[arch](transformers, base)
     else:
         raise ValueError(f"tiny_config: unknown architecture family {arch!r}")
-    for key, value in overrides.items():
+    for key, value in overrides.items():  # names a family's config maps differently
         setattr(cfg, key, value)
     return cfg
 

@@ -40,7 +40,7 @@ def load_hf_model(model_dir: str | Path, device: str, dtype: str):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, device))
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' decorated .to
 
 
 def _pad_id(model) -> int:

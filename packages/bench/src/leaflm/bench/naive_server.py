@@ -17,13 +17,14 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
+from transformers.tokenization_utils_base import BatchEncoding
 
 from leaflm.bench.baselines import load_hf_model
 
@@ -130,7 +131,7 @@ def create_app(model_dir: str, device: str = "cpu", dtype: str = "auto") -> Fast
             try:
                 while (token := await queue.get()) is not None:
                     generated.append(token)
-                    text = tokenizer.decode(generated, skip_special_tokens=True)
+                    text = cast(str, tokenizer.decode(generated, skip_special_tokens=True))
                     if text.endswith("\ufffd"):
                         continue  # wait for the rest of a multi-byte character
                     yield chunk(text[len(sent) :])
@@ -156,9 +157,12 @@ def create_app(model_dir: str, device: str = "cpu", dtype: str = "auto") -> Fast
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 return _error(400, "messages must be a non-empty list", "messages")
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            if not isinstance(ids, list):
-                ids = ids["input_ids"]
+            # tokenize=True: the ids, bare or in a BatchEncoding (the stubs cover every mode)
+            encoded = cast(
+                "list[int] | BatchEncoding",
+                tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True),
+            )
+            ids = encoded if isinstance(encoded, list) else encoded["input_ids"]
         else:
             prompt = body.get("prompt")
             if not isinstance(prompt, str) or not prompt:

@@ -22,7 +22,11 @@ from leaflm.bench.metrics import OfflineResult
 
 # The targets (2-core CPU, float32, default model, 64 requests 128 in / 128 out).
 OFFLINE_TARGETS = {"hf-single": 15.0, "hf-static": 2.0, "hf-cb": 3.0}
-SERVING_TARGET = {"baseline": "hf-serve", "concurrency": 16, "throughput_ratio": 3.0}
+SERVING_TARGET: dict[str, Any] = {
+    "baseline": "hf-serve",
+    "concurrency": 16,
+    "throughput_ratio": 3.0,
+}
 
 
 @dataclass

@@ -212,7 +212,7 @@ def run_serve(
     rows: list[dict[str, Any]] = []
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
     problems: list[str] = []
-    common = dict(
+    common: dict[str, Any] = dict(
         slo=slo or {},
         per_user=per_user,
         min_requests=min_requests,

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 
@@ -108,7 +109,7 @@ class ManagedServer:
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }
-        self._log = open(self.log_path, "w", encoding="utf-8")  # closed in stop()
+        self._log: TextIO | None = open(self.log_path, "w", encoding="utf-8")  # closed in stop()
         self.process = subprocess.Popen(
             self.command,
             stdout=self._log,
@@ -164,8 +165,9 @@ class ManagedServer:
                     continue
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # children the leader left behind
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
+        log: TextIO | None = getattr(self, "_log", None)
+        if log is not None:
+            log.close()
             self._log = None
 
     def __exit__(self, *exc: object) -> None:

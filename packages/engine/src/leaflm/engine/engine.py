@@ -100,6 +100,7 @@ class LLMEngine:
             raise ValueError(f"request_id {request_id!r} is already in use")
         if params.logprobs is not None and params.logprobs > self.runner.vocab_size:
             raise ValueError(f"logprobs must be <= vocab size {self.runner.vocab_size}")
+        text: str | None
         if prompt_token_ids is not None and isinstance(prompt, str):
             text, ids = prompt, list(prompt_token_ids)
         else:

@@ -56,7 +56,7 @@ class KVCache:
         # zeros (not empty): lazily-zeroed pages on CPU, and no NaN garbage in unused slots
         self.data = torch.zeros(shape, dtype=dtype, device=device)
         self.layers = [(self.data[0, i], self.data[1, i]) for i in range(num_layers)]
-        self.cpu_data = None
+        self.cpu_data: torch.Tensor | None = None
         if num_cpu_blocks:
             cpu_shape = (2, num_layers, num_cpu_blocks, *shape[3:])
             self.cpu_data = torch.zeros(cpu_shape, dtype=dtype, pin_memory=device.type == "cuda")
@@ -69,9 +69,11 @@ class KVCache:
     ) -> None:
         """Swap out, then swap in, then copy-on-write: the order the scheduler assumes."""
         if swap_out:
+            assert self.cpu_data is not None, "swap out without a host swap pool"
             dev, cpu = _index(swap_out, self.data.device)
             self.cpu_data[:, :, cpu.cpu()] = self.data[:, :, dev].to("cpu")
         if swap_in:
+            assert self.cpu_data is not None, "swap in without a host swap pool"
             cpu, dev = _index(swap_in, self.data.device)
             self.data[:, :, dev] = self.cpu_data[:, :, cpu.cpu()].to(self.data.device)
         if copies:

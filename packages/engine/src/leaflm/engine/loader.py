@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from leaflm.engine.layers.linear import MergedLinear
+
 
 def checkpoint_files(model_dir: Path) -> list[Path]:
     """The weight files of an HF directory, honouring a sharded checkpoint's index."""
@@ -85,6 +87,7 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
         with torch.no_grad():
             if shard >= 0:
                 module = model.get_submodule(target.rsplit(".", 1)[0])
+                assert isinstance(module, MergedLinear)  # only merged layers have shards
                 module.load_shard(param, shard, tensor.to(param.dtype))
             else:
                 if tuple(tensor.shape) != tuple(param.shape):

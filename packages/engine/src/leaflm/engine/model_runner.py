@@ -72,6 +72,7 @@ class ModelRunner:
             max_prefill_query_len=num_tokens,
         )
         ids = torch.zeros(num_tokens, dtype=torch.long, device=dev)
+        assert self.kv is not None  # init_kv_cache above
         hidden = self.model(
             ids, torch.arange(num_tokens, device=dev), ForwardContext(meta, self.kv.layers)
         )

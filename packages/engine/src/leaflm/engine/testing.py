@@ -180,7 +180,7 @@ def tiny_config(arch: str, vocab_size: int, **overrides: Any):
     if arch in ("llama", "mistral", "qwen2"):
         base = {**base, **overrides}
     if arch == "llama":
-        cfg = transformers.LlamaConfig(**base)
+        cfg: transformers.PretrainedConfig = transformers.LlamaConfig(**base)
     elif arch == "mistral":
         cfg = transformers.MistralConfig(**{"sliding_window": 16, **base})
     elif arch == "qwen2":
@@ -319,9 +319,8 @@ def write_tiny_gguf(
     tok = json.loads((hf_dir / "tokenizer.json").read_text())
     tok_cfg = json.loads((hf_dir / "tokenizer_config.json").read_text())
     vocab = {**tok["model"]["vocab"], **{t["content"]: t["id"] for t in tok["added_tokens"]}}
-    tokens = [None] * len(vocab)
-    for token, idx in vocab.items():
-        tokens[idx] = token
+    by_id = {idx: token for token, idx in vocab.items()}
+    tokens = [by_id[idx] for idx in range(len(vocab))]  # ids are dense: 0 .. len - 1
     special = {t["id"] for t in tok["added_tokens"] if t["special"]}
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")

@@ -81,6 +81,7 @@ def rope_inv_freq(
         return _llama3(_default_inv_freq(rot_dim, base, dev), scaling), 1.0
     if kind == "dynamic":
         trained = scaling.get("max_position_embeddings") or max_pos
+        assert trained is not None, "dynamic RoPE needs max_pos or max_position_embeddings"
         seq_len = max(max_pos or trained, trained)
         f = scaling["factor"]
         new_base = base * ((f * seq_len / trained) - (f - 1)) ** (rot_dim / (rot_dim - 2))

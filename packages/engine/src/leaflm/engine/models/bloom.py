@@ -81,8 +81,9 @@ class BloomModel(nn.Module):
         eps = cfg.layer_norm_epsilon
         self.word_embeddings = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.word_embeddings_layernorm = nn.LayerNorm(cfg.hidden_size, eps=eps)
-        self.register_buffer("slopes", alibi_slopes(cfg.n_head), persistent=False)
-        self.h = nn.ModuleList(BloomBlock(cfg, i, self.slopes) for i in range(cfg.n_layer))
+        slopes = alibi_slopes(cfg.n_head)
+        self.register_buffer("slopes", slopes, persistent=False)
+        self.h = nn.ModuleList(BloomBlock(cfg, i, slopes) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=eps)
 
     def forward(

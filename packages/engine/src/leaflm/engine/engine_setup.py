@@ -14,7 +14,7 @@ import torch
 from leaflm.engine.config import CacheConfig, EngineArgs, ModelConfig
 from leaflm.engine.kv_cache import bytes_per_block, default_cpu_kv_bytes
 from leaflm.engine.model_runner import ModelRunner
-from leaflm.engine.model_source import resolve_model_path
+from leaflm.engine.model_source import default_served_name, resolve_model_path
 from leaflm.engine.models.registry import load_hf_config
 
 
@@ -41,7 +41,7 @@ def load_model_config(args: EngineArgs) -> tuple[ModelConfig, Any, frozenset[int
     eos.update(_ids(getattr(hf_config, "eos_token_id", None)))
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
-    name = args.served_model_name or (str(args.model) if args.model is not None else path.name)
+    name = args.served_model_name or default_served_name(args.model)
     config = ModelConfig(
         model=str(args.model) if args.model is not None else str(path),
         path=path,

@@ -54,3 +54,13 @@ def resolve_model_path(model: str | Path | None, *, progress: bool = True) -> Pa
 def _is_gguf(path: Path) -> bool:
     with path.open("rb") as fh:
         return fh.read(4) == _GGUF_MAGIC
+
+
+def default_served_name(model: str | Path | None) -> str:
+    """The model name clients use (OpenAI `model`) when none is given: a known model's title
+    (the embedded default's for None), a GGUF file's stem, else what the user passed."""
+    known = known_model(DEFAULT_MODEL_NAME if model is None else str(model))
+    if known is not None and (model is None or not Path(model).expanduser().exists()):
+        return known.title
+    path = Path(str(model)).expanduser()
+    return path.stem if path.suffix.lower() == ".gguf" else str(model)

@@ -32,6 +32,27 @@ def scores_block(
 
 
 @triton.jit
+def load_kv_tile(
+    kc_ptr, vc_ptr, bt_row_ptr, pos, key_ok, kvh, d, d_ok,
+    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, PAGE: tl.constexpr,
+):  # fmt: skip
+    """Keys and values ``[N, D]`` of context positions ``pos`` of one KV head, gathered token by
+    token through the sequence's block-table row (so a tile may span pages)."""
+    blk = tl.load(bt_row_ptr + pos // PAGE, mask=key_ok, other=0).to(tl.int64)
+    row = (pos % PAGE).to(tl.int64)
+    kv_mask = key_ok[:, None] & d_ok[None, :]
+    k = tl.load(
+        kc_ptr + blk[:, None] * stride_kb + row[:, None] * stride_kt + kvh * stride_kh + d[None, :],
+        mask=kv_mask, other=0.0,
+    )  # fmt: skip
+    v = tl.load(
+        vc_ptr + blk[:, None] * stride_vb + row[:, None] * stride_vt + kvh * stride_vh + d[None, :],
+        mask=kv_mask, other=0.0,
+    )  # fmt: skip
+    return k, v
+
+
+@triton.jit
 def online_softmax_update(s, v, m_i, l_i, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """Fold one block of scores ``s [M, N]`` and values ``v [N, D]`` into the running state.
 

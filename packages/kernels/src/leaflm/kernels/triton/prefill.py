@@ -14,6 +14,7 @@ import triton.language as tl
 
 from leaflm.kernels.triton._common import interpreting, pow2
 from leaflm.kernels.triton.attention_common import (
+    load_kv_tile,
     online_softmax_update,
     precision_for,
     scores_block,
@@ -66,16 +67,9 @@ def _prefill_kernel(
     for n0 in range(lo, hi, BLOCK_N):
         pos = n0 + tl.arange(0, BLOCK_N)
         key_ok = pos < hi
-        blk = tl.load(bt_ptr + seq * stride_bt + pos // PAGE, mask=key_ok, other=0).to(tl.int64)
-        r = (pos % PAGE).to(tl.int64)
-        kv_mask = key_ok[:, None] & d_ok[None, :]
-        k = tl.load(
-            kc_ptr + blk[:, None] * stride_kb + r[:, None] * stride_kt + kvh * stride_kh + d[None, :],
-            mask=kv_mask, other=0.0,
-        )  # fmt: skip
-        v = tl.load(
-            vc_ptr + blk[:, None] * stride_vb + r[:, None] * stride_vt + kvh * stride_vh + d[None, :],
-            mask=kv_mask, other=0.0,
+        k, v = load_kv_tile(
+            kc_ptr, vc_ptr, bt_ptr + seq * stride_bt, pos, key_ok, kvh, d, d_ok,
+            stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, PAGE,
         )  # fmt: skip
         s = scores_block(
             q, k, q_pos, pos, slopes, key_ok, scale, softcap, window,

@@ -122,5 +122,5 @@ def gpu(session: nox.Session) -> None:
         for num_prompts in ("64", "256"):
             session.run(
                 sys.executable, "packages/engine/benchmarks/throughput.py", "--json",
-                "--num-prompts", num_prompts, env=env, stdout=sink,
+                "--num-prompts", num_prompts, env=env, stdout=sink, stderr=None,
             )  # fmt: skip

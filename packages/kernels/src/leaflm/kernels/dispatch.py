@@ -1,8 +1,10 @@
-"""Pick the Triton kernel or the PyTorch reference for each call.
+"""Pick the Triton kernel, the C kernel or the PyTorch reference for each call.
 
-CUDA tensors with Triton importable run the Triton kernel; anything else runs the reference.
-``LEAFLM_KERNELS=torch`` or ``=triton`` forces one path (read on every call, so tests can flip
-it); with ``TRITON_INTERPRET=1`` the forced Triton path runs on CPU tensors.
+CUDA tensors with Triton importable run the Triton kernel. On CPU, paged attention over a
+float32 cache runs the C kernel (:mod:`leaflm.kernels.cpu`) when it could be built; anything
+else runs the reference. ``LEAFLM_KERNELS=torch``, ``=triton`` or ``=cpu`` forces one path
+(read on every call, so tests can flip it; ``cpu`` applies to attention, the one op with a C
+kernel); with ``TRITON_INTERPRET=1`` the forced Triton path runs on CPU tensors.
 """
 
 from __future__ import annotations
@@ -30,18 +32,47 @@ def triton_available() -> bool:
     return True
 
 
+def _forced() -> str:
+    forced = os.environ.get(ENV_VAR, "").strip().lower()
+    if forced not in ("", "torch", "triton", "cpu"):
+        raise ValueError(f"{ENV_VAR} must be 'torch', 'triton' or 'cpu', got {forced!r}")
+    return forced
+
+
 def backend_for(t: torch.Tensor) -> str:
     """``"triton"`` or ``"torch"`` for an op whose main input is ``t``."""
-    forced = os.environ.get(ENV_VAR, "").strip().lower()
-    if forced == "torch":
+    forced = _forced()
+    if forced in ("torch", "cpu"):
         return "torch"
     if forced == "triton":
         if not triton_available():
             raise RuntimeError(f"{ENV_VAR}=triton but triton cannot be imported")
         return "triton"
-    if forced:
-        raise ValueError(f"{ENV_VAR} must be 'torch' or 'triton', got {forced!r}")
     return "triton" if t.is_cuda and triton_available() else "torch"
+
+
+def use_cpu_kernels(*tensors: torch.Tensor | None) -> bool:
+    """Whether an op with a C kernel runs it: float32 CPU tensors and a built library.
+
+    ``LEAFLM_KERNELS=torch`` (or ``=triton``) says no; ``=cpu`` says yes or raises.
+    """
+    forced = _forced()
+    if forced in ("torch", "triton"):
+        return False
+    ok = all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
+    if forced == "cpu" and not (ok and cpu_reason() is None):
+        raise RuntimeError(
+            f"{ENV_VAR}=cpu needs float32 CPU tensors and a built C kernel "
+            f"({cpu_reason() or 'tensors are not float32 on CPU'})"
+        )
+    return ok and cpu_reason() is None
+
+
+def cpu_reason() -> str | None:
+    """Why the C kernels are unavailable (None when they are)."""
+    from leaflm.kernels.cpu import library, unavailable_reason
+
+    return None if library() is not None else unavailable_reason()
 
 
 @functools.cache

@@ -1,14 +1,28 @@
-"""Public ops: each forwards to the Triton kernel or the PyTorch reference (see dispatch).
+"""Public ops: each forwards to a Triton kernel, a C kernel or the PyTorch reference (see dispatch).
 
 Signatures and semantics are those of :mod:`leaflm.kernels.reference`, the specification.
 """
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 import torch
 
 from leaflm.kernels import reference as ref
-from leaflm.kernels.dispatch import backend_for, triton_ops
+from leaflm.kernels.dispatch import backend_for, triton_ops, use_cpu_kernels
+
+
+def _impl(op_kind: str, *tensors: torch.Tensor | None) -> ModuleType:
+    """The module whose function runs this call: Triton, a C kernel (`op_kind`) or reference."""
+    main = tensors[0]
+    assert main is not None
+    if backend_for(main) == "triton":
+        return triton_ops()
+    if use_cpu_kernels(*tensors):
+        return importlib.import_module(f"leaflm.kernels.cpu.{op_kind}")
+    return ref
 
 
 def write_kv_cache(
@@ -35,7 +49,7 @@ def paged_attention_decode(
     softcap: float | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    impl = triton_ops() if backend_for(query) == "triton" else ref
+    impl = _impl("attention", query, key_cache)
     return impl.paged_attention_decode(
         query, key_cache, value_cache, block_tables, seq_lens, scale,
         alibi_slopes=alibi_slopes, sliding_window=sliding_window, softcap=softcap, out=out,
@@ -57,7 +71,7 @@ def paged_attention_prefill(
     out: torch.Tensor | None = None,
     max_query_len: int | None = None,
 ) -> torch.Tensor:
-    impl = triton_ops() if backend_for(query) == "triton" else ref
+    impl = _impl("attention", query, key_cache)
     return impl.paged_attention_prefill(
         query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale,
         alibi_slopes=alibi_slopes, sliding_window=sliding_window, softcap=softcap, out=out,
@@ -81,7 +95,7 @@ def sample(
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    impl = triton_ops() if backend_for(x) == "triton" else ref
+    impl = _impl("layers", x, weight, residual)
     return impl.rms_norm(x, weight, eps, residual)
 
 
@@ -94,12 +108,12 @@ def rotary_embedding(
     *,
     head_dim: int | None = None,
 ) -> None:
-    impl = triton_ops() if backend_for(query) == "triton" else ref
+    impl = _impl("layers", query, key, cos_sin_cache)
     impl.rotary_embedding(positions, query, key, cos_sin_cache, is_neox, head_dim=head_dim)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    impl = triton_ops() if backend_for(x) == "triton" else ref
+    impl = _impl("layers", x)
     return impl.silu_and_mul(x)
 
 

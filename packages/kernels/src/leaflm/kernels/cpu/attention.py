@@ -1,0 +1,98 @@
+"""Paged attention on float32 CPU tensors through the C kernel (see ``paged_attention.c``).
+
+Signatures and semantics are those of :mod:`leaflm.kernels.reference.attention`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from leaflm.kernels.cpu.build import require_library
+
+
+def _attend(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    row_table: torch.Tensor,
+    row_ctx: torch.Tensor,
+    scale: float,
+    alibi_slopes: torch.Tensor | None,
+    sliding_window: int | None,
+    softcap: float | None,
+    out: torch.Tensor | None,
+) -> torch.Tensor:
+    lib = require_library()
+    rows, num_heads, head_dim = query.shape
+    _, block_size, num_kv, _ = key_cache.shape
+    if out is None:
+        out = torch.empty_like(query)
+    if rows == 0:
+        return out
+    q = query.contiguous()
+    tables = block_tables.to(torch.int32).contiguous()
+    row_table = row_table.to(torch.int32).contiguous()
+    row_ctx = row_ctx.to(torch.int32).contiguous()
+    alibi = None if alibi_slopes is None else alibi_slopes.float().contiguous()
+    target = out if out.is_contiguous() else torch.empty_like(q)
+    lib.leaflm_paged_attention(
+        q.data_ptr(), key_cache.contiguous().data_ptr(), value_cache.contiguous().data_ptr(),
+        tables.data_ptr(), tables.shape[1], row_table.data_ptr(), row_ctx.data_ptr(),
+        target.data_ptr(), rows, num_heads, num_kv, head_dim, block_size,
+        ctypes.c_float(scale), None if alibi is None else alibi.data_ptr(), sliding_window or 0, ctypes.c_float(softcap or 0.0),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if target is not out:
+        out.copy_(target)
+    return out
+
+
+def paged_attention_decode(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    *,
+    alibi_slopes: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    row_table = torch.arange(query.shape[0], dtype=torch.int32)
+    return _attend(
+        query, key_cache, value_cache, block_tables, row_table, seq_lens, scale,
+        alibi_slopes, sliding_window, softcap, out,
+    )  # fmt: skip
+
+
+def paged_attention_prefill(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    *,
+    alibi_slopes: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    out: torch.Tensor | None = None,
+    max_query_len: int | None = None,
+) -> torch.Tensor:
+    """Each new token is a query row whose context ends at its own position (causal)."""
+    qsl = query_start_loc.long()
+    qlens = qsl[1:] - qsl[:-1]
+    seq_of_row = torch.repeat_interleave(torch.arange(qlens.numel()), qlens)
+    # Row i of sequence s sits at position seq_len - qlen + i, so it sees that many keys + 1.
+    index_in_seq = torch.arange(query.shape[0]) - qsl[:-1][seq_of_row]
+    row_ctx = seq_lens.long()[seq_of_row] - qlens[seq_of_row] + index_in_seq + 1
+    return _attend(
+        query, key_cache, value_cache, block_tables, seq_of_row, row_ctx, scale,
+        alibi_slopes, sliding_window, softcap, out,
+    )  # fmt: skip

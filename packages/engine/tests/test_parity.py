@@ -1,4 +1,5 @@
-"""Greedy parity with HF Transformers on tiny random Llama, Mistral and Qwen2 models."""
+"""Greedy parity with HF Transformers on tiny random Llama, Mistral and Qwen2 models, through
+the CPU's fast path (C kernels, oneDNN-packed weights) and through the PyTorch reference."""
 
 from __future__ import annotations
 
@@ -8,17 +9,24 @@ import pytest
 
 from leaflm.engine import LLM, SamplingParams
 from leaflm.engine.testing import hf_greedy, random_token_prompts
+from leaflm.kernels.cpu import gemm
 
 MAX_NEW = 12
 
 
+@pytest.mark.parametrize("path", ["fast", "reference"])
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
-def test_greedy_matches_transformers(tiny_models, assert_no_leaks, arch):
+def test_greedy_matches_transformers(tiny_models, assert_no_leaks, monkeypatch, arch, path):
+    if path == "reference":
+        monkeypatch.setenv("LEAFLM_KERNELS", "torch")  # reference ops
+        monkeypatch.setattr(gemm, "packing_available", lambda: False)  # plain F.linear
     model_dir = tiny_models(arch)
     # Prompts up to 40 tokens, so Mistral's 16-token sliding window is exercised.
     prompts = random_token_prompts(6, vocab=380, lo=3, hi=40, seed=1)
     reference = hf_greedy(model_dir, prompts, MAX_NEW)
     llm = LLM(str(model_dir), kv_cache_memory="8MiB", max_num_batched_tokens=64)
+    packed = llm.llm_engine.runner.model.lm_head.packed is not None
+    assert packed == (path == "fast" and gemm.packing_available())
     params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True, logprobs=1)
     outs = llm.generate(prompts, params, use_tqdm=False)
     for out, (ref_ids, ref_lps), prompt in zip(outs, reference, prompts, strict=True):

@@ -105,3 +105,27 @@ def test_empty_batch():
         q, case.key_cache, case.value_cache, tables, case.seq_lens[:0], 1.0
     )
     assert got.shape == (0, 2, 16)
+
+
+def test_write_kv_cache_matches_reference_with_strided_rows_and_skips():
+    kv, dim, tokens = 3, 16, 9
+    fused = torch.randn(tokens, (4 + 2 * kv) * dim)  # q | k | v, as a fused projection
+    k = fused[:, 4 * dim : (4 + kv) * dim].view(tokens, kv, dim)
+    v = fused[:, (4 + kv) * dim :].view(tokens, kv, dim)
+    slots = torch.randperm(40)[:tokens]
+    slots[3] = -1
+    want_k, want_v = torch.zeros(5, 8, kv, dim), torch.zeros(5, 8, kv, dim)
+    ref.write_kv_cache(k, v, want_k, want_v, slots)
+    got_k, got_v = torch.zeros_like(want_k), torch.zeros_like(want_v)
+    cpu.write_kv_cache(k, v, got_k, got_v, slots)
+    assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+
+
+def test_decode_reads_strided_query_rows():
+    case = make_paged_case([7, 40, 3], 1, 16, 8)
+    fused = torch.randn(3, 6 * 16)
+    q = fused[:, : 4 * 16].view(3, 4, 16)  # rows 96 apart
+    args = (q, case.key_cache, case.value_cache, case.block_tables, case.seq_lens, 0.25)
+    torch.testing.assert_close(
+        cpu.paged_attention_decode(*args), ref.paged_attention_decode(*args), atol=TOL, rtol=TOL
+    )

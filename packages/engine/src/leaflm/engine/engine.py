@@ -172,8 +172,10 @@ class LLMEngine:
         sample_seqs, sample_rows = self._fork(samplers)
         if not sample_seqs:
             return []
-        row_index = torch.tensor(sample_rows, dtype=torch.long, device=logits.device)
-        result = self.sampler(logits.index_select(0, row_index), sample_seqs)
+        if sample_rows != list(range(logits.shape[0])):
+            row_index = torch.tensor(sample_rows, dtype=torch.long, device=logits.device)
+            logits = logits.index_select(0, row_index)
+        result = self.sampler(logits, sample_seqs)
 
         touched: dict[str, Request] = {}
         now = time.monotonic()

@@ -14,6 +14,7 @@ import torch
 from leaflm.engine.config import ModelConfig
 from leaflm.engine.forward_context import AttentionMetadata, ForwardContext
 from leaflm.engine.kv_cache import KVCache
+from leaflm.engine.layers.linear import pack_for_cpu
 from leaflm.engine.loader import load_weights
 from leaflm.engine.models.registry import resolve_model_class
 from leaflm.engine.scheduler import SchedulerOutput
@@ -33,6 +34,8 @@ class ModelRunner:
             torch.set_default_dtype(previous)
         load_weights(self.model, model_config.path)
         self.model.eval()
+        if self.device.type == "cpu":
+            pack_for_cpu(self.model)
         self.kv: KVCache | None = None
         self.block_size = 16
 

@@ -32,7 +32,7 @@ def write_kv_cache(
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    impl = triton_ops() if backend_for(key) == "triton" else ref
+    impl = _impl("attention", key, value, key_cache, value_cache)
     impl.write_kv_cache(key, value, key_cache, value_cache, slot_mapping)
 
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leaflm.engine.layers.linear import PackableLinear
+
 
 class VocabEmbedding(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int) -> None:
@@ -16,8 +18,12 @@ class VocabEmbedding(nn.Module):
         return F.embedding(input_ids, self.weight)
 
 
-class LMHead(nn.Module):
-    """Projects hidden states to vocabulary logits; tied heads reuse the embedding weight."""
+class LMHead(PackableLinear):
+    """Projects hidden states to vocabulary logits; tied heads reuse the embedding weight.
+
+    Packed for oneDNN on CPU like any linear layer; a tied head then holds a packed copy and
+    leaves the embedding's weight in place for the token lookup.
+    """
 
     def __init__(
         self, vocab_size: int, hidden_size: int, tied_to: VocabEmbedding | None = None
@@ -27,6 +33,14 @@ class LMHead(nn.Module):
         if tied_to is None:
             self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size), requires_grad=False)
 
+    def plain_weight(self) -> torch.Tensor:
+        return self.tied_to.weight if self.tied_to is not None else self.weight
+
+    def drop_plain_weight(self) -> None:
+        if self.tied_to is None:
+            super().drop_plain_weight()
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.tied_to.weight if self.tied_to is not None else self.weight
-        return F.linear(hidden, weight)
+        if self.packed is not None:
+            return self.packed_forward(hidden, None)
+        return F.linear(hidden, self.plain_weight())

@@ -1,7 +1,9 @@
 """Linear layers, including merged ones (QKV, gate/up) filled shard by shard at load time.
 
 Merging the projections that read the same input turns three (or two) matmuls into one,
-which matters on CPU where each GEMM call has fixed overhead.
+which matters on CPU where each GEMM call has fixed overhead. On CPU in float32, each weight
+is packed once for oneDNN after loading (see `leaflm.kernels.cpu.gemm`), which runs small
+batches ~1.5x faster than `F.linear`; the plain copy is then dropped.
 """
 
 from __future__ import annotations
@@ -10,8 +12,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leaflm.kernels.cpu import gemm
 
-class Linear(nn.Module):
+
+def pack_for_cpu(model: nn.Module) -> int:
+    """Pack every packable linear weight of a float32 CPU model; returns how many."""
+    if not gemm.packing_available():
+        return 0
+    packed = 0
+    for module in model.modules():
+        if isinstance(module, PackableLinear) and module.pack_cpu_weight():
+            packed += 1
+    return packed
+
+
+class PackableLinear(nn.Module):
+    """A layer whose forward is `x @ W.T + b` for some `[out, in]` weight it can pack."""
+
+    packed: torch.Tensor | None = None
+
+    def plain_weight(self) -> torch.Tensor:
+        """The `[out, in]` weight, as F.linear takes it."""
+        raise NotImplementedError
+
+    def pack_cpu_weight(self) -> bool:
+        """Swap in the oneDNN-packed weight (float32 CPU only); the plain one is freed."""
+        w = self.plain_weight()
+        if self.packed is not None or w.device.type != "cpu" or w.dtype != torch.float32:
+            return False
+        self.packed = gemm.pack_weight(w)
+        self.drop_plain_weight()
+        return True
+
+    def drop_plain_weight(self) -> None:
+        self.register_parameter("weight", None)
+
+    def packed_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        assert self.packed is not None
+        return gemm.packed_linear(x, self.packed, bias)
+
+
+class Linear(PackableLinear):
     """`y = x W^T + b`, with the weight stored as HF stores it (`[out, in]`)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
@@ -22,7 +63,12 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return self.packed_forward(x, self.bias)
         return F.linear(x, self.weight, self.bias)
+
+    def plain_weight(self) -> torch.Tensor:
+        return self.weight
 
 
 class MergedLinear(Linear):

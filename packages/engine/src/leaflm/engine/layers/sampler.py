@@ -35,6 +35,7 @@ class Sampler:
         self.vocab_size = vocab_size
         self.device = device
 
+    @torch.inference_mode()  # the runner's logits are inference tensors; penalties edit them
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """Sample one token per row of `logits` `[len(seqs), V]` (modified in place)."""
         params = [s.request.params for s in seqs]

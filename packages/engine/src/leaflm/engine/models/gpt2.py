@@ -17,10 +17,11 @@ from leaflm.engine.forward_context import ForwardContext
 from leaflm.engine.layers.activation import activation_fn
 from leaflm.engine.layers.attention import Attention
 from leaflm.engine.layers.embedding import VocabEmbedding
+from leaflm.engine.layers.linear import PackableLinear
 from leaflm.engine.models.base import CausalLM
 
 
-class Conv1DLinear(nn.Module):
+class Conv1DLinear(PackableLinear):
     """`y = x W + b` with `W` `[in, out]`, as HF's GPT-2 `Conv1D`."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
@@ -28,7 +29,12 @@ class Conv1DLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(in_features, out_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
 
+    def plain_weight(self) -> torch.Tensor:
+        return self.weight.t()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return self.packed_forward(x, self.bias)
         return torch.addmm(self.bias, x, self.weight)
 
 

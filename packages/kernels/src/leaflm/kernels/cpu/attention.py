@@ -9,6 +9,7 @@ import ctypes
 
 import torch
 
+from leaflm.kernels import reference as ref
 from leaflm.kernels.cpu.build import require_library
 
 
@@ -17,7 +18,7 @@ def _attend(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     block_tables: torch.Tensor,
-    row_table: torch.Tensor,
+    row_table: torch.Tensor | None,
     row_ctx: torch.Tensor,
     scale: float,
     alibi_slopes: torch.Tensor | None,
@@ -32,22 +33,46 @@ def _attend(
         out = torch.empty_like(query)
     if rows == 0:
         return out
-    q = query.contiguous()
+    # Rows may be strided (a view of a fused QKV projection); heads within a row may not.
+    q = query if query[0].is_contiguous() else query.contiguous()
     tables = block_tables.to(torch.int32).contiguous()
-    row_table = row_table.to(torch.int32).contiguous()
+    table_rows = None if row_table is None else row_table.to(torch.int32).contiguous()
     row_ctx = row_ctx.to(torch.int32).contiguous()
     alibi = None if alibi_slopes is None else alibi_slopes.float().contiguous()
-    target = out if out.is_contiguous() else torch.empty_like(q)
+    target = out if out.is_contiguous() else torch.empty(query.shape, dtype=query.dtype)
     lib.leaflm_paged_attention(
-        q.data_ptr(), key_cache.contiguous().data_ptr(), value_cache.contiguous().data_ptr(),
-        tables.data_ptr(), tables.shape[1], row_table.data_ptr(), row_ctx.data_ptr(),
-        target.data_ptr(), rows, num_heads, num_kv, head_dim, block_size,
-        ctypes.c_float(scale), None if alibi is None else alibi.data_ptr(), sliding_window or 0, ctypes.c_float(softcap or 0.0),
-        torch.get_num_threads(),
+        q.data_ptr(), q.stride(0), key_cache.contiguous().data_ptr(),
+        value_cache.contiguous().data_ptr(), tables.data_ptr(), tables.shape[1],
+        None if table_rows is None else table_rows.data_ptr(), row_ctx.data_ptr(),
+        target.data_ptr(), rows, num_heads, num_kv, head_dim, block_size, ctypes.c_float(scale),
+        None if alibi is None else alibi.data_ptr(), sliding_window or 0,
+        ctypes.c_float(softcap or 0.0), torch.get_num_threads(),
     )  # fmt: skip
     if target is not out:
         out.copy_(target)
     return out
+
+
+def write_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    if not (key_cache.is_contiguous() and value_cache.is_contiguous()):
+        ref.write_kv_cache(key, value, key_cache, value_cache, slot_mapping)  # must be in place
+        return
+    tokens = key.shape[0]
+    k = key.reshape(tokens, -1)
+    v = value.reshape(tokens, -1)
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    v = v if v.stride(-1) == 1 else v.contiguous()
+    slots = slot_mapping.to(torch.int64).contiguous()
+    require_library().leaflm_write_kv(
+        k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), key_cache.data_ptr(),
+        value_cache.data_ptr(), slots.data_ptr(), tokens, k.shape[1],
+    )  # fmt: skip
 
 
 def paged_attention_decode(
@@ -63,9 +88,8 @@ def paged_attention_decode(
     softcap: float | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    row_table = torch.arange(query.shape[0], dtype=torch.int32)
     return _attend(
-        query, key_cache, value_cache, block_tables, row_table, seq_lens, scale,
+        query, key_cache, value_cache, block_tables, None, seq_lens, scale,
         alibi_slopes, sliding_window, softcap, out,
     )  # fmt: skip
 

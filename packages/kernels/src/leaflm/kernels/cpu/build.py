@@ -117,10 +117,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.leaflm_paged_attention
     fn.restype = None
     fn.argtypes = [
-        p, p, p, p, i64, p, p, p,  # q, k_cache, v_cache, block_tables, stride, row_*, out
+        p, i64, p, p, p, i64, p, p, p,  # q, q_stride, caches, block_tables, stride, row_*, out
         i64, i64, i64, i64, i64,  # rows, num_heads, num_kv, head_dim, block_size
         f32, p, i64, f32, ctypes.c_int,  # scale, alibi, window, softcap, num_threads
     ]  # fmt: skip
+    lib.leaflm_write_kv.restype = None
+    lib.leaflm_write_kv.argtypes = [p, i64, p, i64, p, p, p, i64, i64]
     lib.leaflm_rms_norm.restype = None
     lib.leaflm_rms_norm.argtypes = [p, i64, p, i64, p, p, p, i64, i64, f32, ctypes.c_int]
     lib.leaflm_rotary.restype = None

@@ -21,8 +21,6 @@
 
 #include "vec_math.h"
 
-int leaflm_abi_version(void) { return 2; }
-
 static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
     float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
@@ -122,13 +120,13 @@ static void attend_row_any(
 }
 
 /*
- * q, out: [rows, num_heads, head_dim];
+ * q: [rows, num_heads, head_dim] with rows q_stride elements apart; out: the same, contiguous;
  * k_cache, v_cache: [blocks, block_size, num_kv, head_dim]; block_tables: [*, table_stride];
- * row_table, row_ctx: [rows]; alibi: [num_heads] or NULL; window <= 0 and softcap <= 0
+ * row_table (NULL: row r uses table row r), row_ctx: [rows]; alibi: [num_heads] or NULL; window <= 0 and softcap <= 0
  * disable those. All float32/int32, contiguous.
  */
 void leaflm_paged_attention(
-    const float *q, const float *k_cache, const float *v_cache,
+    const float *q, int64_t q_stride, const float *k_cache, const float *v_cache,
     const int32_t *block_tables, int64_t table_stride,
     const int32_t *row_table, const int32_t *row_ctx, float *out,
     int64_t rows, int64_t num_heads, int64_t num_kv, int64_t head_dim, int64_t block_size,
@@ -153,14 +151,27 @@ void leaflm_paged_attention(
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < rows * splits; ++item) {
             const int64_t r = item / splits, h0 = (item % splits) * heads_per_item;
-            const float *qrow = q + (r * num_heads + h0) * head_dim;
+            const float *qrow = q + r * q_stride + h0 * head_dim;
             for (int64_t i = 0; i < heads_per_item * head_dim; ++i) qs[i] = qrow[i] * scale;
             attend(
-                &L, qs, block_tables + (int64_t)row_table[r] * table_stride, row_ctx[r], h0,
+                &L, qs, block_tables + (row_table ? row_table[r] : r) * table_stride, row_ctx[r], h0,
                 h0 + heads_per_item, scores, out + (r * num_heads + h0) * head_dim
             );
         }
         free(scores);
         free(qs);
+    }
+}
+
+/* Scatter key/value [tokens, num_kv * head_dim] (rows *_stride apart) into the caches'
+ * slots; slot -1 skips a token (padding). */
+void leaflm_write_kv(
+    const float *key, int64_t key_stride, const float *value, int64_t value_stride,
+    float *k_cache, float *v_cache, const int64_t *slots, int64_t tokens, int64_t width
+) {
+    for (int64_t t = 0; t < tokens; ++t) {
+        if (slots[t] < 0) continue;
+        memcpy(k_cache + slots[t] * width, key + t * key_stride, sizeof(float) * width);
+        memcpy(v_cache + slots[t] * width, value + t * value_stride, sizeof(float) * width);
     }
 }

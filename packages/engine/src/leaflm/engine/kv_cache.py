@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from leaflm.kernels.cpu import hugepages
+
 DEFAULT_CPU_KV_BYTES = 4 * 1024**3
 DEFAULT_CPU_KV_FRACTION = 0.25  # of available RAM: other processes share the machine
 
@@ -53,8 +55,10 @@ class KVCache:
         num_cpu_blocks: int = 0,
     ) -> None:
         shape = (2, num_layers, num_blocks, block_size, num_kv_heads, head_dim)
-        # zeros (not empty): lazily-zeroed pages on CPU, and no NaN garbage in unused slots
-        self.data = torch.zeros(shape, dtype=dtype, device=device)
+        self.data = torch.empty(shape, dtype=dtype, device=device)
+        if self.data.device.type == "cpu":
+            hugepages.advise_tensor(self.data)  # before the first touch: faults get 2 MiB pages
+        self.data.zero_()  # no NaN garbage in unused slots
         self.layers = [(self.data[0, i], self.data[1, i]) for i in range(num_layers)]
         self.cpu_data: torch.Tensor | None = None
         if num_cpu_blocks:

@@ -51,6 +51,42 @@ def backend_for(t: torch.Tensor) -> str:
     return "triton" if t.is_cuda and triton_available() else "torch"
 
 
+def kernel_module(op_kind: str, *tensors: torch.Tensor | None) -> ModuleType:
+    """The module that runs an op of ``op_kind`` on these tensors (the first is the main one).
+
+    ``op_kind`` names the op's C-kernel module (``leaflm.kernels.cpu.<op_kind>``), or is ""
+    for ops without one. Called for every op of every layer, so the unforced case is kept to
+    a few attribute reads.
+    """
+    main = tensors[0]
+    assert main is not None
+    if not os.environ.get(ENV_VAR):
+        if main.is_cuda:
+            return triton_ops() if triton_available() else _reference()
+        if op_kind and _all_cpu_float32(tensors) and cpu_reason() is None:
+            return _cpu_module(op_kind)
+        return _reference()
+    if backend_for(main) == "triton":
+        return triton_ops()
+    if op_kind and use_cpu_kernels(*tensors):
+        return _cpu_module(op_kind)
+    return _reference()
+
+
+def _all_cpu_float32(tensors: tuple[torch.Tensor | None, ...]) -> bool:
+    return all(t is None or (t.is_cpu and t.dtype == torch.float32) for t in tensors)
+
+
+@functools.cache
+def _cpu_module(op_kind: str) -> ModuleType:
+    return importlib.import_module(f"leaflm.kernels.cpu.{op_kind}")
+
+
+@functools.cache
+def _reference() -> ModuleType:
+    return importlib.import_module("leaflm.kernels.reference")
+
+
 def use_cpu_kernels(*tensors: torch.Tensor | None) -> bool:
     """Whether an op with a C kernel runs it: float32 CPU tensors and a built library.
 
@@ -59,7 +95,7 @@ def use_cpu_kernels(*tensors: torch.Tensor | None) -> bool:
     forced = _forced()
     if forced in ("torch", "triton"):
         return False
-    ok = all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
+    ok = _all_cpu_float32(tensors)
     if forced == "cpu" and not (ok and cpu_reason() is None):
         raise RuntimeError(
             f"{ENV_VAR}=cpu needs float32 CPU tensors and a built C kernel "
@@ -70,7 +106,7 @@ def use_cpu_kernels(*tensors: torch.Tensor | None) -> bool:
 
 def cpu_reason() -> str | None:
     """Why the C kernels are unavailable (None when they are)."""
-    from leaflm.kernels.cpu import library, unavailable_reason
+    from leaflm.kernels.cpu.build import library, unavailable_reason
 
     return None if library() is not None else unavailable_reason()
 

@@ -5,24 +5,10 @@ Signatures and semantics are those of :mod:`leaflm.kernels.reference`, the speci
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-
 import torch
 
 from leaflm.kernels import reference as ref
-from leaflm.kernels.dispatch import backend_for, triton_ops, use_cpu_kernels
-
-
-def _impl(op_kind: str, *tensors: torch.Tensor | None) -> ModuleType:
-    """The module whose function runs this call: Triton, a C kernel (`op_kind`) or reference."""
-    main = tensors[0]
-    assert main is not None
-    if backend_for(main) == "triton":
-        return triton_ops()
-    if use_cpu_kernels(*tensors):
-        return importlib.import_module(f"leaflm.kernels.cpu.{op_kind}")
-    return ref
+from leaflm.kernels.dispatch import kernel_module
 
 
 def write_kv_cache(
@@ -32,7 +18,7 @@ def write_kv_cache(
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    impl = _impl("attention", key, value, key_cache, value_cache)
+    impl = kernel_module("attention", key, value, key_cache, value_cache)
     impl.write_kv_cache(key, value, key_cache, value_cache, slot_mapping)
 
 
@@ -49,7 +35,7 @@ def paged_attention_decode(
     softcap: float | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    impl = _impl("attention", query, key_cache)
+    impl = kernel_module("attention", query, key_cache)
     return impl.paged_attention_decode(
         query, key_cache, value_cache, block_tables, seq_lens, scale,
         alibi_slopes=alibi_slopes, sliding_window=sliding_window, softcap=softcap, out=out,
@@ -71,7 +57,7 @@ def paged_attention_prefill(
     out: torch.Tensor | None = None,
     max_query_len: int | None = None,
 ) -> torch.Tensor:
-    impl = _impl("attention", query, key_cache)
+    impl = kernel_module("attention", query, key_cache)
     return impl.paged_attention_prefill(
         query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale,
         alibi_slopes=alibi_slopes, sliding_window=sliding_window, softcap=softcap, out=out,
@@ -88,14 +74,14 @@ def sample(
     seeds: torch.Tensor,
     offsets: torch.Tensor,
 ) -> torch.Tensor:
-    impl = triton_ops() if backend_for(logits) == "triton" else ref
+    impl = kernel_module("", logits)
     return impl.sample(logits, temperature, top_k, top_p, min_p, seeds, offsets)
 
 
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    impl = _impl("layers", x, weight, residual)
+    impl = kernel_module("layers", x, weight, residual)
     return impl.rms_norm(x, weight, eps, residual)
 
 
@@ -108,17 +94,17 @@ def rotary_embedding(
     *,
     head_dim: int | None = None,
 ) -> None:
-    impl = _impl("layers", query, key, cos_sin_cache)
+    impl = kernel_module("layers", query, key, cos_sin_cache)
     impl.rotary_embedding(positions, query, key, cos_sin_cache, is_neox, head_dim=head_dim)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    impl = _impl("layers", x)
+    impl = kernel_module("layers", x)
     return impl.silu_and_mul(x)
 
 
 def gelu_and_mul(x: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
-    impl = triton_ops() if backend_for(x) == "triton" else ref
+    impl = kernel_module("", x)
     return impl.gelu_and_mul(x, approximate)
 
 

@@ -25,7 +25,10 @@ from pathlib import Path
 DISABLE_VAR = "LEAFLM_CPU_KERNELS"  # "0" turns the C kernels off
 SOURCES = ("paged_attention.c", "layers.c")
 HEADERS = ("vec_math.h",)
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c11", "-shared", "-fPIC")
+FLAGS = (
+    "-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fno-math-errno", "-std=c11",
+    "-shared", "-fPIC",
+)  # fmt: skip
 
 _failure: str | None = None
 

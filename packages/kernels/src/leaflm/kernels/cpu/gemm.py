@@ -16,6 +16,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from leaflm.kernels.cpu import hugepages
 from leaflm.kernels.cpu.build import DISABLE_VAR
 
 #: the batch size oneDNN picks the packed layout for (it serves every batch size)
@@ -40,7 +41,9 @@ def packing_available() -> bool:
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """A ``[out, in]`` float32 weight in oneDNN's packed layout (an opaque tensor)."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), BATCH_HINT)
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), BATCH_HINT)
+    hugepages.advise_tensor(packed)  # every decode step streams all weights: spare the TLB
+    return packed
 
 
 def packed_linear(

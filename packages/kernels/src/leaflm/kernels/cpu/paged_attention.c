@@ -9,10 +9,10 @@
  * leaflm.kernels.reference.attention (ALiBi, sliding window, softcap); rows that see no key
  * get zeros.
  *
- * A work item is one row and a range of KV heads: all KV heads when there are enough rows to
- * keep every thread busy (then each token's keys, [num_kv, head_dim], are read as one
- * contiguous run), one KV head otherwise (single-sequence decode). Scores are kept for the
- * whole context, so K and V are each read exactly once: scores, softmax, weighted sum of V.
+ * A work item is one row (or, when rows are too few to share among the threads, one KV head
+ * of a row) with all its query heads; each KV head serves its group of query heads (GQA).
+ * Scores are kept for the whole context, so K and V are each read once: scores, softmax,
+ * weighted sum of V.
  */
 #include <math.h>
 #include <stdint.h>
@@ -28,6 +28,61 @@ static inline float dot(const float *restrict a, const float *restrict b, int64_
     return acc;
 }
 
+/* Scores of `count` consecutive keys (rows `stride` floats apart) against a D-float query,
+ * into s[0..count). With AVX-512 and D % 16 == 0, sixteen keys at a time: sixteen vector
+ * accumulators reduced together by a transpose-and-add tree (45 shuffles and adds for 16
+ * scores, where one horizontal sum per key costs about 9). */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+static inline __m512 sum_lanes_16(__m512 a[16]) {
+    __m512 b[8], c[4];
+    for (int i = 0; i < 8; ++i)
+        b[i] = _mm512_add_ps(
+            _mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1])
+        );
+    for (int i = 0; i < 4; ++i) {
+        const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+        c[i] = _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y))
+        );
+    } /* c[i]: in each 128-bit lane, that lane's partial sums of keys 4i..4i+3 */
+    const __m512 e0 = _mm512_add_ps(
+        _mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
+        _mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1))
+    );
+    const __m512 e1 = _mm512_add_ps(
+        _mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(2, 0, 2, 0)),
+        _mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(3, 1, 3, 1))
+    );
+    return _mm512_add_ps(
+        _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(2, 0, 2, 0)),
+        _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(3, 1, 3, 1))
+    );
+}
+#endif
+
+static inline __attribute__((always_inline)) void scores_of(
+    const float *restrict q, const float *restrict k, int64_t stride, int64_t count,
+    float *restrict s, const int64_t D
+) {
+    int64_t t = 0;
+#if defined(__AVX512F__)
+    if (D % 16 == 0)
+        for (; t + 16 <= count; t += 16) {
+            __m512 acc[16];
+            for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+            for (int64_t d = 0; d < D; d += 16) {
+                const __m512 qv = _mm512_loadu_ps(q + d);
+                for (int i = 0; i < 16; ++i)
+                    acc[i] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k + (t + i) * stride + d), acc[i]);
+            }
+            _mm512_storeu_ps(s + t, sum_lanes_16(acc));
+        }
+#endif
+    for (; t < count; ++t) s[t] = dot(q, k + t * stride, D);
+}
+
 typedef struct {
     const float *k_cache, *v_cache;
     int64_t num_heads, num_kv, head_dim, block_size;
@@ -36,16 +91,30 @@ typedef struct {
     float softcap;
 } Layout;
 
-/* Query heads [h0, h1) (KV heads h0/group .. (h1-1)/group) of one row. Always inlined into
- * per-head_dim wrappers below, so the common sizes get fixed-length, fully unrolled loops. */
-static inline __attribute__((always_inline)) void attend_row(
-    const Layout *L, const float *restrict q /* [heads, D], pre-scaled */,
-    const int32_t *restrict table, int64_t ctx, int64_t h0, int64_t h1,
-    float *restrict scores /* [heads, ctx] */, float *restrict out /* [heads, D] */,
-    const int64_t D
+/* Ask for `width` floats at `offset` of every row of a block ahead of use: blocks sit at
+ * random places, so the hardware prefetcher cannot see the next one coming. */
+static inline void prefetch_rows(
+    const float *cache, int32_t block, int64_t bs, int64_t token_stride, int64_t offset,
+    int64_t width
 ) {
-    const int64_t bs = L->block_size, group = L->num_heads / L->num_kv;
-    const int64_t token_stride = L->num_kv * D, heads = h1 - h0;
+    const char *p = (const char *)(cache + (int64_t)block * bs * token_stride + offset);
+    for (int64_t t = 0; t < bs; ++t, p += token_stride * sizeof(float))
+        for (int64_t off = 0; off < width * (int64_t)sizeof(float); off += 64)
+            __builtin_prefetch(p + off, 0, 3);
+}
+
+/* KV heads [k0, k1) of one row, each with its G query heads (heads k0*G .. k1*G-1).
+ * Keys are read block by block for all those heads at once (one contiguous run per token);
+ * values one KV head at a time so that, with D and G fixed by the wrappers below (this is
+ * always inlined), the G output accumulators stay in registers across the whole context. */
+static inline __attribute__((always_inline)) void attend_heads(
+    const Layout *L, const float *restrict q /* [(k1-k0)*G, D], pre-scaled */,
+    const int32_t *restrict table, int64_t ctx, int64_t k0, int64_t k1,
+    float *restrict scores /* [(k1-k0)*G, ctx] */, float *restrict out /* like q */,
+    const int64_t D, const int64_t G
+) {
+    const int64_t bs = L->block_size, token_stride = L->num_kv * D;
+    const int64_t heads = (k1 - k0) * G, h0 = k0 * G;
     const int64_t lo = (L->window > 0 && ctx > L->window) ? ctx - L->window : 0;
     const int64_t n = ctx - lo;
     if (n <= 0) {
@@ -55,12 +124,14 @@ static inline __attribute__((always_inline)) void attend_row(
     for (int64_t b = lo / bs; b * bs < ctx; ++b) {
         const int64_t start = b * bs > lo ? b * bs : lo;
         const int64_t stop = (b + 1) * bs < ctx ? (b + 1) * bs : ctx;
-        const float *base = L->k_cache + (int64_t)table[b] * bs * token_stride;
-        for (int64_t j = start; j < stop; ++j) {
-            const float *k = base + (j - b * bs) * token_stride;
-            for (int64_t h = 0; h < heads; ++h)
-                scores[h * n + (j - lo)] = dot(q + h * D, k + ((h0 + h) / group) * D, D);
-        }
+        const float *k = L->k_cache + ((int64_t)table[b] * bs + (start - b * bs)) * token_stride;
+        if ((b + 1) * bs < ctx)
+            prefetch_rows(L->k_cache, table[b + 1], bs, token_stride, k0 * D, (k1 - k0) * D);
+        for (int64_t h = 0; h < heads; ++h)
+            scores_of(
+                q + h * D, k + (k0 + h / G) * D, token_stride, stop - start,
+                scores + h * n + (start - lo), D
+            );
     }
     for (int64_t h = 0; h < heads; ++h) {
         float *s = scores + h * n;
@@ -84,39 +155,64 @@ static inline __attribute__((always_inline)) void attend_row(
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) s[i] *= inv;
     }
-    memset(out, 0, sizeof(float) * heads * D);
-    for (int64_t b = lo / bs; b * bs < ctx; ++b) {
-        const int64_t start = b * bs > lo ? b * bs : lo;
-        const int64_t stop = (b + 1) * bs < ctx ? (b + 1) * bs : ctx;
-        const float *base = L->v_cache + (int64_t)table[b] * bs * token_stride;
-        for (int64_t j = start; j < stop; ++j) {
-            const float *v = base + (j - b * bs) * token_stride;
-            for (int64_t h = 0; h < heads; ++h) {
-                const float p = scores[h * n + (j - lo)];
-                const float *vh = v + ((h0 + h) / group) * D;
-                float *o = out + h * D;
+    for (int64_t kvh = k0; kvh < k1; ++kvh) {
+        const float *p = scores + (kvh - k0) * G * n;
+        float acc[G * D];
+        for (int64_t i = 0; i < G * D; ++i) acc[i] = 0.0f;
+        for (int64_t b = lo / bs; b * bs < ctx; ++b) {
+            const int64_t start = b * bs > lo ? b * bs : lo;
+            const int64_t stop = (b + 1) * bs < ctx ? (b + 1) * bs : ctx;
+            const float *v =
+                L->v_cache + ((int64_t)table[b] * bs + (start - b * bs)) * token_stride + kvh * D;
+            if ((b + 1) * bs < ctx)
+                prefetch_rows(L->v_cache, table[b + 1], bs, token_stride, kvh * D, D);
+            for (int64_t j = start; j < stop; ++j, v += token_stride)
+                for (int64_t g = 0; g < G; ++g) {
+                    const float pj = p[g * n + (j - lo)];
 #pragma omp simd
-                for (int64_t d = 0; d < D; ++d) o[d] += p * vh[d];
-            }
+                    for (int64_t d = 0; d < D; ++d) acc[g * D + d] += pj * v[d];
+                }
         }
+        float *o = out + (kvh - k0) * G * D;
+        for (int64_t i = 0; i < G * D; ++i) o[i] = acc[i];
     }
 }
 
-#define ATTEND_ROW_FOR(DIM)                                                                    \
-    static void attend_row_##DIM(                                                              \
-        const Layout *L, const float *q, const int32_t *table, int64_t ctx, int64_t h0,          \
-        int64_t h1, float *scores, float *out                                                  \
-    ) {                                                                                        \
-        attend_row(L, q, table, ctx, h0, h1, scores, out, DIM);                                \
-    }
-ATTEND_ROW_FOR(64)
-ATTEND_ROW_FOR(128)
+typedef void (*AttendFn)(const Layout *, const float *, const int32_t *, int64_t, int64_t,
+                         int64_t, float *, float *);
 
-static void attend_row_any(
-    const Layout *L, const float *q, const int32_t *table, int64_t ctx, int64_t h0, int64_t h1,
+#define ATTEND_FOR(DIM, GROUP)                                                                 \
+    static void attend_##DIM##_##GROUP(                                                        \
+        const Layout *L, const float *q, const int32_t *table, int64_t ctx, int64_t k0,          \
+        int64_t k1, float *scores, float *out                                                  \
+    ) {                                                                                        \
+        attend_heads(L, q, table, ctx, k0, k1, scores, out, DIM, GROUP);                       \
+    }
+ATTEND_FOR(64, 1)
+ATTEND_FOR(64, 2)
+ATTEND_FOR(64, 3)
+ATTEND_FOR(64, 4)
+ATTEND_FOR(64, 8)
+ATTEND_FOR(128, 1)
+ATTEND_FOR(128, 2)
+ATTEND_FOR(128, 4)
+ATTEND_FOR(128, 8)
+
+/* Any other shape: runtime sizes (the accumulator is a VLA sized by them). */
+static void attend_any(
+    const Layout *L, const float *q, const int32_t *table, int64_t ctx, int64_t k0, int64_t k1,
     float *scores, float *out
 ) {
-    attend_row(L, q, table, ctx, h0, h1, scores, out, L->head_dim);
+    attend_heads(L, q, table, ctx, k0, k1, scores, out, L->head_dim, L->num_heads / L->num_kv);
+}
+
+static AttendFn pick_attend(int64_t head_dim, int64_t group) {
+#define PICK(DIM, GROUP) \
+    if (head_dim == DIM && group == GROUP) return attend_##DIM##_##GROUP;
+    PICK(64, 1) PICK(64, 2) PICK(64, 3) PICK(64, 4) PICK(64, 8)
+    PICK(128, 1) PICK(128, 2) PICK(128, 4) PICK(128, 8)
+#undef PICK
+    return attend_any;
 }
 
 /*
@@ -135,27 +231,30 @@ void leaflm_paged_attention(
     const Layout L = {k_cache, v_cache, num_heads, num_kv, head_dim, block_size,
                       alibi,   window,  softcap};
     const int64_t group = num_heads / num_kv;
-    /* Split rows by KV head only when rows alone cannot keep the threads busy. */
-    const int64_t splits = rows >= 4 * (int64_t)num_threads ? 1 : num_kv;
-    const int64_t heads_per_item = num_heads / splits;
-    int64_t max_ctx = 1;
-    for (int64_t r = 0; r < rows; ++r) max_ctx = row_ctx[r] > max_ctx ? row_ctx[r] : max_ctx;
-    (void)group;
-    void (*attend)(const Layout *, const float *, const int32_t *, int64_t, int64_t, int64_t,
-                   float *, float *) =
-        head_dim == 64 ? attend_row_64 : head_dim == 128 ? attend_row_128 : attend_row_any;
-#pragma omp parallel num_threads(num_threads)
+    const AttendFn attend = pick_attend(head_dim, group);
+    int64_t max_ctx = 1, work = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+        max_ctx = row_ctx[r] > max_ctx ? row_ctx[r] : max_ctx;
+        work += row_ctx[r];
+    }
+    /* A thread's wake-up costs about what 64k multiply-adds do: small calls stay on one. */
+    const int threads = work * num_heads * head_dim >= 65536 ? num_threads : 1;
+    /* Whole rows per work item, unless there are too few rows to share among the threads. */
+    const int64_t kv_per_item = rows >= 2 * (int64_t)threads ? num_kv : 1;
+    const int64_t items = rows * (num_kv / kv_per_item);
+#pragma omp parallel num_threads(threads)
     {
-        float *scores = malloc(sizeof(float) * heads_per_item * max_ctx);
-        float *qs = malloc(sizeof(float) * heads_per_item * head_dim);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < rows * splits; ++item) {
-            const int64_t r = item / splits, h0 = (item % splits) * heads_per_item;
-            const float *qrow = q + r * q_stride + h0 * head_dim;
-            for (int64_t i = 0; i < heads_per_item * head_dim; ++i) qs[i] = qrow[i] * scale;
+        float *scores = malloc(sizeof(float) * kv_per_item * group * max_ctx);
+        float *qs = malloc(sizeof(float) * kv_per_item * group * head_dim);
+#pragma omp for schedule(dynamic, 2)
+        for (int64_t item = 0; item < items; ++item) {
+            const int64_t r = item / (num_kv / kv_per_item);
+            const int64_t k0 = (item % (num_kv / kv_per_item)) * kv_per_item;
+            const float *qg = q + r * q_stride + k0 * group * head_dim;
+            for (int64_t i = 0; i < kv_per_item * group * head_dim; ++i) qs[i] = qg[i] * scale;
             attend(
-                &L, qs, block_tables + (row_table ? row_table[r] : r) * table_stride, row_ctx[r], h0,
-                h0 + heads_per_item, scores, out + (r * num_heads + h0) * head_dim
+                &L, qs, block_tables + (row_table ? row_table[r] : r) * table_stride, row_ctx[r],
+                k0, k0 + kv_per_item, scores, out + (r * num_heads + k0 * group) * head_dim
             );
         }
         free(scores);

@@ -100,20 +100,21 @@ static inline void prefetch_rows(
     const char *p = (const char *)(cache + (int64_t)block * bs * token_stride + offset);
     for (int64_t t = 0; t < bs; ++t, p += token_stride * sizeof(float))
         for (int64_t off = 0; off < width * (int64_t)sizeof(float); off += 64)
-            __builtin_prefetch(p + off, 0, 3);
+            __builtin_prefetch(p + off, 0, 2);
 }
 
-/* KV heads [k0, k1) of one row, each with its G query heads (heads k0*G .. k1*G-1).
- * Keys are read block by block for all those heads at once (one contiguous run per token);
- * values one KV head at a time so that, with D and G fixed by the wrappers below (this is
- * always inlined), the G output accumulators stay in registers across the whole context. */
+/* KV heads [k0, k1) of one row, each with its G query heads (heads k0*G .. k1*G-1). Keys,
+ * then values, are read block by block for all those heads at once (one contiguous run per
+ * token), the next block prefetched into L2. Always inlined into per-head_dim wrappers, so
+ * the common sizes get fixed-length loops. */
 static inline __attribute__((always_inline)) void attend_heads(
     const Layout *L, const float *restrict q /* [(k1-k0)*G, D], pre-scaled */,
     const int32_t *restrict table, int64_t ctx, int64_t k0, int64_t k1,
     float *restrict scores /* [(k1-k0)*G, ctx] */, float *restrict out /* like q */,
-    const int64_t D, const int64_t G
+    const int64_t D
 ) {
     const int64_t bs = L->block_size, token_stride = L->num_kv * D;
+    const int64_t G = L->num_heads / L->num_kv;
     const int64_t heads = (k1 - k0) * G, h0 = k0 * G;
     const int64_t lo = (L->window > 0 && ctx > L->window) ? ctx - L->window : 0;
     const int64_t n = ctx - lo;
@@ -155,64 +156,43 @@ static inline __attribute__((always_inline)) void attend_heads(
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) s[i] *= inv;
     }
-    for (int64_t kvh = k0; kvh < k1; ++kvh) {
-        const float *p = scores + (kvh - k0) * G * n;
-        float acc[G * D];
-        for (int64_t i = 0; i < G * D; ++i) acc[i] = 0.0f;
-        for (int64_t b = lo / bs; b * bs < ctx; ++b) {
-            const int64_t start = b * bs > lo ? b * bs : lo;
-            const int64_t stop = (b + 1) * bs < ctx ? (b + 1) * bs : ctx;
-            const float *v =
-                L->v_cache + ((int64_t)table[b] * bs + (start - b * bs)) * token_stride + kvh * D;
-            if ((b + 1) * bs < ctx)
-                prefetch_rows(L->v_cache, table[b + 1], bs, token_stride, kvh * D, D);
-            for (int64_t j = start; j < stop; ++j, v += token_stride)
-                for (int64_t g = 0; g < G; ++g) {
-                    const float pj = p[g * n + (j - lo)];
+    float *acc = out; /* [heads, D], accumulated in place */
+    memset(acc, 0, sizeof(float) * heads * D);
+    for (int64_t b = lo / bs; b * bs < ctx; ++b) {
+        const int64_t start = b * bs > lo ? b * bs : lo;
+        const int64_t stop = (b + 1) * bs < ctx ? (b + 1) * bs : ctx;
+        const float *v = L->v_cache + ((int64_t)table[b] * bs + (start - b * bs)) * token_stride;
+        if ((b + 1) * bs < ctx)
+            prefetch_rows(L->v_cache, table[b + 1], bs, token_stride, k0 * D, (k1 - k0) * D);
+        for (int64_t j = start; j < stop; ++j, v += token_stride)
+            for (int64_t h = 0; h < heads; ++h) {
+                const float pj = scores[h * n + (j - lo)];
+                const float *vh = v + (k0 + h / G) * D;
+                float *o = acc + h * D;
 #pragma omp simd
-                    for (int64_t d = 0; d < D; ++d) acc[g * D + d] += pj * v[d];
-                }
-        }
-        float *o = out + (kvh - k0) * G * D;
-        for (int64_t i = 0; i < G * D; ++i) o[i] = acc[i];
+                for (int64_t d = 0; d < D; ++d) o[d] += pj * vh[d];
+            }
     }
 }
 
 typedef void (*AttendFn)(const Layout *, const float *, const int32_t *, int64_t, int64_t,
                          int64_t, float *, float *);
 
-#define ATTEND_FOR(DIM, GROUP)                                                                 \
-    static void attend_##DIM##_##GROUP(                                                        \
+#define ATTEND_FOR(DIM)                                                                        \
+    static void attend_##DIM(                                                                  \
         const Layout *L, const float *q, const int32_t *table, int64_t ctx, int64_t k0,          \
         int64_t k1, float *scores, float *out                                                  \
     ) {                                                                                        \
-        attend_heads(L, q, table, ctx, k0, k1, scores, out, DIM, GROUP);                       \
+        attend_heads(L, q, table, ctx, k0, k1, scores, out, DIM);                              \
     }
-ATTEND_FOR(64, 1)
-ATTEND_FOR(64, 2)
-ATTEND_FOR(64, 3)
-ATTEND_FOR(64, 4)
-ATTEND_FOR(64, 8)
-ATTEND_FOR(128, 1)
-ATTEND_FOR(128, 2)
-ATTEND_FOR(128, 4)
-ATTEND_FOR(128, 8)
+ATTEND_FOR(64)
+ATTEND_FOR(128)
 
-/* Any other shape: runtime sizes (the accumulator is a VLA sized by them). */
 static void attend_any(
     const Layout *L, const float *q, const int32_t *table, int64_t ctx, int64_t k0, int64_t k1,
     float *scores, float *out
 ) {
-    attend_heads(L, q, table, ctx, k0, k1, scores, out, L->head_dim, L->num_heads / L->num_kv);
-}
-
-static AttendFn pick_attend(int64_t head_dim, int64_t group) {
-#define PICK(DIM, GROUP) \
-    if (head_dim == DIM && group == GROUP) return attend_##DIM##_##GROUP;
-    PICK(64, 1) PICK(64, 2) PICK(64, 3) PICK(64, 4) PICK(64, 8)
-    PICK(128, 1) PICK(128, 2) PICK(128, 4) PICK(128, 8)
-#undef PICK
-    return attend_any;
+    attend_heads(L, q, table, ctx, k0, k1, scores, out, L->head_dim);
 }
 
 /*
@@ -231,7 +211,7 @@ void leaflm_paged_attention(
     const Layout L = {k_cache, v_cache, num_heads, num_kv, head_dim, block_size,
                       alibi,   window,  softcap};
     const int64_t group = num_heads / num_kv;
-    const AttendFn attend = pick_attend(head_dim, group);
+    const AttendFn attend = head_dim == 64 ? attend_64 : head_dim == 128 ? attend_128 : attend_any;
     int64_t max_ctx = 1, work = 0;
     for (int64_t r = 0; r < rows; ++r) {
         max_ctx = row_ctx[r] > max_ctx ? row_ctx[r] : max_ctx;

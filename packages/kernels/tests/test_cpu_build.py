@@ -1,0 +1,34 @@
+"""Building the C kernels: cached per source/flags/compiler/CPU, and failures explain themselves."""
+
+from __future__ import annotations
+
+import pytest
+
+from leaflm.kernels.cpu import build
+
+
+def test_a_missing_compiler_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="not usable"):
+        build._build("/nonexistent/cc")
+
+
+def test_a_broken_compiler_reports_its_command(tmp_path, monkeypatch):
+    fake = tmp_path / "cc"
+    fake.write_text(
+        '#!/bin/sh\nif [ "$1" = --version ]; then echo fake 1.0; exit 0; fi\necho boom >&2; exit 1\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("LEAFLM_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError, match="boom"):
+        build._build(str(fake))
+    assert not list((tmp_path / "cache").rglob("*.so"))  # nothing half-built left behind
+
+
+def test_builds_are_cached_by_content(tmp_path, monkeypatch):
+    if build.library() is None:
+        pytest.skip(f"no working C compiler here: {build.unavailable_reason()}")
+    monkeypatch.setenv("LEAFLM_CACHE_DIR", str(tmp_path))
+    cc = build.shutil.which("cc") or build.shutil.which("gcc")
+    first = build._build(cc)
+    mtime = first.stat().st_mtime_ns
+    assert build._build(cc) == first and first.stat().st_mtime_ns == mtime

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "vec_math.h"
 
 static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
@@ -134,6 +136,8 @@ static inline __attribute__((always_inline)) void attend_heads(
                 scores + h * n + (start - lo), D
             );
     }
+    /* The values' first block: its rows arrive while the softmax runs. */
+    prefetch_rows(L->v_cache, table[lo / bs], bs, token_stride, k0 * D, (k1 - k0) * D);
     for (int64_t h = 0; h < heads; ++h) {
         float *s = scores + h * n;
         if (L->softcap > 0.0f || L->alibi) {
@@ -226,10 +230,21 @@ void leaflm_paged_attention(
     {
         float *scores = malloc(sizeof(float) * kv_per_item * group * max_ctx);
         float *qs = malloc(sizeof(float) * kv_per_item * group * head_dim);
-#pragma omp for schedule(dynamic, 2)
+        const int64_t team = omp_get_num_threads();
+        /* Static round-robin, so a thread knows its next item and can ask for that item's
+         * first key block while it works on this one. */
+#pragma omp for schedule(static, 1)
         for (int64_t item = 0; item < items; ++item) {
             const int64_t r = item / (num_kv / kv_per_item);
             const int64_t k0 = (item % (num_kv / kv_per_item)) * kv_per_item;
+            if (item + team < items && row_ctx[(item + team) / (num_kv / kv_per_item)] > 0) {
+                const int64_t rn = (item + team) / (num_kv / kv_per_item);
+                const int64_t kn = ((item + team) % (num_kv / kv_per_item)) * kv_per_item;
+                const int64_t lo_n = (window > 0 && row_ctx[rn] > window) ? row_ctx[rn] - window : 0;
+                const int32_t *tn = block_tables + (row_table ? row_table[rn] : rn) * table_stride;
+                prefetch_rows(k_cache, tn[lo_n / block_size], block_size, num_kv * head_dim,
+                              kn * head_dim, kv_per_item * head_dim);
+            }
             const float *qg = q + r * q_stride + k0 * group * head_dim;
             for (int64_t i = 0; i < kv_per_item * group * head_dim; ++i) qs[i] = qg[i] * scale;
             attend(

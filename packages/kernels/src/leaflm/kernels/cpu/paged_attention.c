@@ -93,6 +93,18 @@ typedef struct {
     float softcap;
 } Layout;
 
+/* The first key position a query with `ctx` keys sees (a sliding window hides older ones). */
+static inline int64_t window_start(int64_t ctx, int64_t window) {
+    return (window > 0 && ctx > window) ? ctx - window : 0;
+}
+
+/* Positions [*start, *stop) of block `b` that fall inside [lo, ctx). */
+static inline void block_span(int64_t b, int64_t bs, int64_t lo, int64_t ctx, int64_t *start,
+                              int64_t *stop) {
+    *start = b * bs > lo ? b * bs : lo;
+    *stop = (b + 1) * bs < ctx ? (b + 1) * bs : ctx;
+}
+
 /* Ask for `width` floats at `offset` of every row of a block ahead of use: blocks sit at
  * random places, so the hardware prefetcher cannot see the next one coming. */
 static inline void prefetch_rows(
@@ -118,15 +130,14 @@ static inline __attribute__((always_inline)) void attend_heads(
     const int64_t bs = L->block_size, token_stride = L->num_kv * D;
     const int64_t G = L->num_heads / L->num_kv;
     const int64_t heads = (k1 - k0) * G, h0 = k0 * G;
-    const int64_t lo = (L->window > 0 && ctx > L->window) ? ctx - L->window : 0;
-    const int64_t n = ctx - lo;
+    const int64_t lo = window_start(ctx, L->window), n = ctx - lo;
     if (n <= 0) {
         memset(out, 0, sizeof(float) * heads * D);
         return;
     }
     for (int64_t b = lo / bs; b * bs < ctx; ++b) {
-        const int64_t start = b * bs > lo ? b * bs : lo;
-        const int64_t stop = (b + 1) * bs < ctx ? (b + 1) * bs : ctx;
+        int64_t start, stop;
+        block_span(b, bs, lo, ctx, &start, &stop);
         const float *k = L->k_cache + ((int64_t)table[b] * bs + (start - b * bs)) * token_stride;
         if ((b + 1) * bs < ctx)
             prefetch_rows(L->k_cache, table[b + 1], bs, token_stride, k0 * D, (k1 - k0) * D);
@@ -163,8 +174,8 @@ static inline __attribute__((always_inline)) void attend_heads(
     float *acc = out; /* [heads, D], accumulated in place */
     memset(acc, 0, sizeof(float) * heads * D);
     for (int64_t b = lo / bs; b * bs < ctx; ++b) {
-        const int64_t start = b * bs > lo ? b * bs : lo;
-        const int64_t stop = (b + 1) * bs < ctx ? (b + 1) * bs : ctx;
+        int64_t start, stop;
+        block_span(b, bs, lo, ctx, &start, &stop);
         const float *v = L->v_cache + ((int64_t)table[b] * bs + (start - b * bs)) * token_stride;
         if ((b + 1) * bs < ctx)
             prefetch_rows(L->v_cache, table[b + 1], bs, token_stride, k0 * D, (k1 - k0) * D);
@@ -202,8 +213,8 @@ static void attend_any(
 /*
  * q: [rows, num_heads, head_dim] with rows q_stride elements apart; out: the same, contiguous;
  * k_cache, v_cache: [blocks, block_size, num_kv, head_dim]; block_tables: [*, table_stride];
- * row_table (NULL: row r uses table row r), row_ctx: [rows]; alibi: [num_heads] or NULL; window <= 0 and softcap <= 0
- * disable those. All float32/int32, contiguous.
+ * row_table (NULL: row r uses table row r), row_ctx: [rows]; alibi: [num_heads] or NULL;
+ * window <= 0 and softcap <= 0 disable those. All float32/int32, contiguous.
  */
 void leaflm_paged_attention(
     const float *q, int64_t q_stride, const float *k_cache, const float *v_cache,
@@ -225,7 +236,7 @@ void leaflm_paged_attention(
     const int threads = work * num_heads * head_dim >= 65536 ? num_threads : 1;
     /* Whole rows per work item, unless there are too few rows to share among the threads. */
     const int64_t kv_per_item = rows >= 2 * (int64_t)threads ? num_kv : 1;
-    const int64_t items = rows * (num_kv / kv_per_item);
+    const int64_t per_row = num_kv / kv_per_item, items = rows * per_row;
 #pragma omp parallel num_threads(threads)
     {
         float *scores = malloc(sizeof(float) * kv_per_item * group * max_ctx);
@@ -235,15 +246,13 @@ void leaflm_paged_attention(
          * first key block while it works on this one. */
 #pragma omp for schedule(static, 1)
         for (int64_t item = 0; item < items; ++item) {
-            const int64_t r = item / (num_kv / kv_per_item);
-            const int64_t k0 = (item % (num_kv / kv_per_item)) * kv_per_item;
-            if (item + team < items && row_ctx[(item + team) / (num_kv / kv_per_item)] > 0) {
-                const int64_t rn = (item + team) / (num_kv / kv_per_item);
-                const int64_t kn = ((item + team) % (num_kv / kv_per_item)) * kv_per_item;
-                const int64_t lo_n = (window > 0 && row_ctx[rn] > window) ? row_ctx[rn] - window : 0;
+            const int64_t r = item / per_row, k0 = (item % per_row) * kv_per_item;
+            const int64_t next = item + team, rn = next / per_row;
+            if (next < items && row_ctx[rn] > 0) {
                 const int32_t *tn = block_tables + (row_table ? row_table[rn] : rn) * table_stride;
-                prefetch_rows(k_cache, tn[lo_n / block_size], block_size, num_kv * head_dim,
-                              kn * head_dim, kv_per_item * head_dim);
+                const int64_t first_block = window_start(row_ctx[rn], window) / block_size;
+                prefetch_rows(k_cache, tn[first_block], block_size, num_kv * head_dim,
+                              (next % per_row) * kv_per_item * head_dim, kv_per_item * head_dim);
             }
             const float *qg = q + r * q_stride + k0 * group * head_dim;
             for (int64_t i = 0; i < kv_per_item * group * head_dim; ++i) qs[i] = qg[i] * scale;

@@ -1,10 +1,11 @@
 """Pick the Triton kernel, the C kernel or the PyTorch reference for each call.
 
-CUDA tensors with Triton importable run the Triton kernel. On CPU, paged attention over a
-float32 cache runs the C kernel (:mod:`leaflm.kernels.cpu`) when it could be built; anything
-else runs the reference. ``LEAFLM_KERNELS=torch``, ``=triton`` or ``=cpu`` forces one path
-(read on every call, so tests can flip it; ``cpu`` applies to attention, the one op with a C
-kernel); with ``TRITON_INTERPRET=1`` the forced Triton path runs on CPU tensors.
+CUDA tensors with Triton importable run the Triton kernel. Float32 CPU tensors run the C
+kernel (:mod:`leaflm.kernels.cpu`) of ops that have one (paged attention, KV write, RMSNorm,
+rotary, SiLU-and-mul) when it could be built; anything else runs the reference.
+``LEAFLM_KERNELS=torch``, ``=triton`` or ``=cpu`` forces one path (read on every call, so tests
+can flip it; ``cpu`` applies to the ops with a C kernel); with ``TRITON_INTERPRET=1`` the forced
+Triton path runs on CPU tensors.
 """
 
 from __future__ import annotations
@@ -55,17 +56,10 @@ def kernel_module(op_kind: str, *tensors: torch.Tensor | None) -> ModuleType:
     """The module that runs an op of ``op_kind`` on these tensors (the first is the main one).
 
     ``op_kind`` names the op's C-kernel module (``leaflm.kernels.cpu.<op_kind>``), or is ""
-    for ops without one. Called for every op of every layer, so the unforced case is kept to
-    a few attribute reads.
+    for ops without one.
     """
     main = tensors[0]
     assert main is not None
-    if not os.environ.get(ENV_VAR):
-        if main.is_cuda:
-            return triton_ops() if triton_available() else _reference()
-        if op_kind and _all_cpu_float32(tensors) and cpu_reason() is None:
-            return _cpu_module(op_kind)
-        return _reference()
     if backend_for(main) == "triton":
         return triton_ops()
     if op_kind and use_cpu_kernels(*tensors):
@@ -96,12 +90,13 @@ def use_cpu_kernels(*tensors: torch.Tensor | None) -> bool:
     if forced in ("torch", "triton"):
         return False
     ok = _all_cpu_float32(tensors)
-    if forced == "cpu" and not (ok and cpu_reason() is None):
+    reason = cpu_reason()
+    if forced == "cpu" and not (ok and reason is None):
         raise RuntimeError(
             f"{ENV_VAR}=cpu needs float32 CPU tensors and a built C kernel "
-            f"({cpu_reason() or 'tensors are not float32 on CPU'})"
+            f"({reason or 'tensors are not float32 on CPU'})"
         )
-    return ok and cpu_reason() is None
+    return ok and reason is None
 
 
 def cpu_reason() -> str | None:

@@ -33,6 +33,11 @@ FLAGS = (
 _failure: str | None = None
 
 
+def disabled() -> bool:
+    """``LEAFLM_CPU_KERNELS=0``: no C kernels and no oneDNN packing, the plain PyTorch path."""
+    return os.environ.get(DISABLE_VAR, "1").strip() == "0"
+
+
 def cache_dir() -> Path:
     root = os.environ.get("LEAFLM_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "leaflm"
@@ -84,7 +89,7 @@ def _build(cc: str) -> Path:
 def library() -> ctypes.CDLL | None:
     """The loaded kernel library, or None (see :func:`unavailable_reason`)."""
     global _failure
-    if os.environ.get(DISABLE_VAR, "1").strip() == "0":
+    if disabled():
         _failure = f"{DISABLE_VAR}=0"
         return None
     import torch  # noqa: F401  (loads the OpenMP runtime the library must share)

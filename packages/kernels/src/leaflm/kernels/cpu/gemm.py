@@ -11,13 +11,11 @@ frozen CPU linears (``mkldnn::_reorder_linear_weight`` / ``mkldnn::_linear_point
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import torch.nn.functional as F
 
-from leaflm.kernels.cpu import hugepages
-from leaflm.kernels.cpu.build import DISABLE_VAR
+from leaflm.kernels.cpu import build, hugepages
 
 #: the batch size oneDNN picks the packed layout for (it serves every batch size)
 BATCH_HINT = 64
@@ -26,9 +24,7 @@ BATCH_HINT = 64
 @functools.cache
 def packing_available() -> bool:
     """Whether this torch has oneDNN's packed linear and it agrees with F.linear."""
-    if os.environ.get(DISABLE_VAR, "1").strip() == "0":
-        return False
-    if not torch.backends.mkldnn.is_available():
+    if build.disabled() or not torch.backends.mkldnn.is_available():
         return False
     try:
         g = torch.Generator().manual_seed(0)

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from leaflm.client import bodies
 from leaflm.client.errors import LeaflmConnectionError
-from leaflm.client.retry import RetryPolicy
+from leaflm.client.retry import RETRYABLE_TRANSPORT_ERRORS, RetryPolicy
 from leaflm.client.sse import aiter_events
 from leaflm.client.types import (
     ChatCompletion,
@@ -25,7 +25,6 @@ from leaflm.client.types import (
 )
 
 T = TypeVar("T", bound=BaseModel)
-_RETRYABLE_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 
 class AsyncClient:
@@ -63,7 +62,7 @@ class AsyncClient:
             request = self._http.build_request(method, path, json=json)
             try:
                 response = await self._http.send(request, stream=stream)
-            except _RETRYABLE_TRANSPORT as exc:
+            except RETRYABLE_TRANSPORT_ERRORS as exc:
                 if not self.retry.should_retry(attempt, None):
                     raise LeaflmConnectionError(f"{method} {path}: {exc}") from exc
                 await asyncio.sleep(self.retry.delay(attempt))

@@ -5,7 +5,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import httpx
+
 RETRY_STATUSES = frozenset({429, 503})
+#: transport failures both clients retry under their RetryPolicy
+RETRYABLE_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 
 @dataclass(frozen=True)

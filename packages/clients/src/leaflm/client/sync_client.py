@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from leaflm.client import bodies
 from leaflm.client.errors import LeaflmConnectionError
-from leaflm.client.retry import RetryPolicy
+from leaflm.client.retry import RETRYABLE_TRANSPORT_ERRORS, RetryPolicy
 from leaflm.client.sse import iter_events
 from leaflm.client.types import (
     ChatCompletion,
@@ -25,7 +25,6 @@ from leaflm.client.types import (
 )
 
 T = TypeVar("T", bound=BaseModel)
-_RETRYABLE_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 
 class Client:
@@ -68,7 +67,7 @@ class Client:
             request = self._http.build_request(method, path, json=json)
             try:
                 response = self._http.send(request, stream=stream)
-            except _RETRYABLE_TRANSPORT as exc:
+            except RETRYABLE_TRANSPORT_ERRORS as exc:
                 if not self.retry.should_retry(attempt, None):
                     raise LeaflmConnectionError(f"{method} {path}: {exc}") from exc
                 time.sleep(self.retry.delay(attempt))

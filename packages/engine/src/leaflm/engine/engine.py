@@ -12,13 +12,11 @@ import random
 import time
 from typing import Any
 
-import torch
-
 from leaflm.engine.block_manager import BlockManager
 from leaflm.engine.config import EngineArgs, ModelConfig
 from leaflm.engine.engine_setup import load_model_config, size_kv_cache
 from leaflm.engine.layers.sampler import Sampler
-from leaflm.engine.model_runner import ModelRunner
+from leaflm.engine.model_runner import ModelRunner, take_rows
 from leaflm.engine.output_processor import OutputProcessor
 from leaflm.engine.outputs import EngineStats, RequestMetrics, RequestOutput
 from leaflm.engine.sampling_params import SamplingParams
@@ -172,10 +170,7 @@ class LLMEngine:
         sample_seqs, sample_rows = self._fork(samplers)
         if not sample_seqs:
             return []
-        if sample_rows != list(range(logits.shape[0])):
-            row_index = torch.tensor(sample_rows, dtype=torch.long, device=logits.device)
-            logits = logits.index_select(0, row_index)
-        result = self.sampler(logits, sample_seqs)
+        result = self.sampler(take_rows(logits, sample_rows), sample_seqs)
 
         touched: dict[str, Request] = {}
         now = time.monotonic()

@@ -97,11 +97,7 @@ class ModelRunner:
         input_ids, positions, meta, row_start = self._prepare(sched)
         hidden = self.model(input_ids, positions, ForwardContext(meta, self.kv.layers))
         rows = [row_start[i] + off for i, off in logit_rows]
-        if rows == list(range(len(rows))) and len(rows) == hidden.shape[0]:
-            selected = hidden
-        else:
-            selected = hidden[torch.tensor(rows, dtype=torch.long, device=self.device)]
-        return self.model.compute_logits(selected).float()
+        return self.model.compute_logits(take_rows(hidden, rows)).float()
 
     def _prepare(
         self, sched: SchedulerOutput
@@ -155,6 +151,13 @@ class ModelRunner:
         input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
         positions = torch.tensor(pos, dtype=torch.long, device=dev)
         return input_ids, positions, meta, row_start
+
+
+def take_rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """``t[rows]``, without a copy when ``rows`` are all of ``t``'s rows in order."""
+    if rows == list(range(t.shape[0])):
+        return t
+    return t.index_select(0, torch.tensor(rows, dtype=torch.long, device=t.device))
 
 
 def _pad(tables: list[list[int]], device: torch.device) -> torch.Tensor:

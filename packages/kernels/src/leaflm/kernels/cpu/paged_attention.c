@@ -91,6 +91,7 @@ typedef struct {
     const float *alibi;
     int64_t window;
     float softcap;
+    int prefetch; /* decode rows: each reads a context no other row has brought in */
 } Layout;
 
 /* The first key position a query with `ctx` keys sees (a sliding window hides older ones). */
@@ -117,10 +118,110 @@ static inline void prefetch_rows(
             __builtin_prefetch(p + off, 0, 2);
 }
 
+/* A block's rows to be prefetched a few lines at a time between pieces of work: a burst of
+ * hundreds of prefetches fills the core's miss buffers and stalls it until memory answers,
+ * while paced ones keep memory busy under the arithmetic. */
+typedef struct {
+    const char *base;
+    int64_t stride_bytes, per_row, rows; /* rows of `per_row` lines, `stride_bytes` apart */
+    int64_t row, line;                   /* the next line to ask for */
+} Prefetcher;
+
+static inline Prefetcher prefetcher_for(
+    const float *cache, int32_t block, int64_t bs, int64_t token_stride, int64_t offset,
+    int64_t width, int64_t rows
+) {
+    Prefetcher p = {(const char *)(cache + (int64_t)block * bs * token_stride + offset),
+                    token_stride * (int64_t)sizeof(float),
+                    (width * (int64_t)sizeof(float) + 63) / 64, rows, 0, 0};
+    return p;
+}
+
+static inline int64_t prefetch_size(const Prefetcher *p) { return p->per_row * p->rows; }
+
+static inline void prefetch_lines(Prefetcher *p, int64_t lines) {
+    for (; lines > 0 && p->row < p->rows; --lines) {
+        __builtin_prefetch(p->base + p->row * p->stride_bytes + p->line * 64, 0, 2);
+        if (++p->line == p->per_row) {
+            p->line = 0;
+            ++p->row;
+        }
+    }
+}
+
+/* out[h] = sum_j p[h][j] * v_j for the `hb` query heads (scores `n` apart) that share KV
+ * head `g`, all their accumulators in registers: each value row is loaded once for hb heads
+ * (HB and D are constants once inlined, so the loops unroll into fixed registers). */
+static inline __attribute__((always_inline)) void weigh_values_block(
+    const Layout *L, const int32_t *restrict table, int64_t lo, int64_t ctx, int64_t g,
+    const float *restrict p, int64_t n, float *restrict out, const int64_t HB, const int64_t D
+) {
+    const int64_t bs = L->block_size, token_stride = L->num_kv * D;
+#if defined(__AVX512F__)
+    if (D % 16 == 0 && HB * (D / 16) <= 16) {
+        enum { MAX_ACC = 16 };
+        const int64_t nv = D / 16;
+        __m512 acc[MAX_ACC];
+        for (int64_t i = 0; i < HB * nv; ++i) acc[i] = _mm512_setzero_ps();
+        for (int64_t b = lo / bs; b * bs < ctx; ++b) {
+            int64_t start, stop;
+            block_span(b, bs, lo, ctx, &start, &stop);
+            const float *v =
+                L->v_cache + ((int64_t)table[b] * bs + (start - b * bs)) * token_stride + g * D;
+            for (int64_t j = start - lo; j < stop - lo; ++j, v += token_stride)
+                for (int64_t h = 0; h < HB; ++h) {
+                    const __m512 pj = _mm512_set1_ps(p[h * n + j]);
+                    for (int64_t c = 0; c < nv; ++c)
+                        acc[h * nv + c] =
+                            _mm512_fmadd_ps(pj, _mm512_loadu_ps(v + 16 * c), acc[h * nv + c]);
+                }
+        }
+        for (int64_t h = 0; h < HB; ++h)
+            for (int64_t c = 0; c < nv; ++c)
+                _mm512_storeu_ps(out + h * D + 16 * c, acc[h * nv + c]);
+        return;
+    }
+#endif
+    memset(out, 0, sizeof(float) * HB * D);
+    for (int64_t b = lo / bs; b * bs < ctx; ++b) {
+        int64_t start, stop;
+        block_span(b, bs, lo, ctx, &start, &stop);
+        const float *v =
+            L->v_cache + ((int64_t)table[b] * bs + (start - b * bs)) * token_stride + g * D;
+        for (int64_t j = start - lo; j < stop - lo; ++j, v += token_stride)
+            for (int64_t h = 0; h < HB; ++h) {
+                const float pj = p[h * n + j];
+                float *o = out + h * D;
+#pragma omp simd
+                for (int64_t d = 0; d < D; ++d) o[d] += pj * v[d];
+            }
+    }
+}
+
+/* The G query heads of KV head `g`, in register-sized groups of heads. */
+static inline __attribute__((always_inline)) void weigh_values(
+    const Layout *L, const int32_t *restrict table, int64_t lo, int64_t ctx, int64_t g,
+    const float *restrict p, int64_t n, int64_t G, float *restrict out, const int64_t D
+) {
+    const int64_t per_group = D <= 64 ? 4 : D <= 128 ? 2 : 1;
+    for (int64_t h = 0; h < G; h += per_group) {
+        const int64_t hb = G - h < per_group ? G - h : per_group;
+        const float *ph = p + h * n;
+        float *oh = out + h * D;
+        switch (hb) {
+        case 4: weigh_values_block(L, table, lo, ctx, g, ph, n, oh, 4, D); break;
+        case 3: weigh_values_block(L, table, lo, ctx, g, ph, n, oh, 3, D); break;
+        case 2: weigh_values_block(L, table, lo, ctx, g, ph, n, oh, 2, D); break;
+        default: weigh_values_block(L, table, lo, ctx, g, ph, n, oh, 1, D); break;
+        }
+    }
+}
+
 /* KV heads [k0, k1) of one row, each with its G query heads (heads k0*G .. k1*G-1). Keys,
  * then values, are read block by block for all those heads at once (one contiguous run per
- * token), the next block prefetched into L2. Always inlined into per-head_dim wrappers, so
- * the common sizes get fixed-length loops. */
+ * token); for decode rows, the next key block and this block's values are prefetched into L2
+ * a few lines per head while the scores are computed, so the values pass finds them there.
+ * Always inlined into per-head_dim wrappers, so the common sizes get fixed-length loops. */
 static inline __attribute__((always_inline)) void attend_heads(
     const Layout *L, const float *restrict q /* [(k1-k0)*G, D], pre-scaled */,
     const int32_t *restrict table, int64_t ctx, int64_t k0, int64_t k1,
@@ -139,16 +240,26 @@ static inline __attribute__((always_inline)) void attend_heads(
         int64_t start, stop;
         block_span(b, bs, lo, ctx, &start, &stop);
         const float *k = L->k_cache + ((int64_t)table[b] * bs + (start - b * bs)) * token_stride;
-        if ((b + 1) * bs < ctx)
-            prefetch_rows(L->k_cache, table[b + 1], bs, token_stride, k0 * D, (k1 - k0) * D);
-        for (int64_t h = 0; h < heads; ++h)
+        Prefetcher next_k = {0}, this_v = {0};
+        if (L->prefetch && (b + 1) * bs < ctx) {
+            const int64_t rows = ctx - (b + 1) * bs < bs ? ctx - (b + 1) * bs : bs;
+            next_k = prefetcher_for(L->k_cache, table[b + 1], bs, token_stride, k0 * D,
+                                    (k1 - k0) * D, rows);
+        }
+        if (L->prefetch)
+            this_v = prefetcher_for(L->v_cache, table[b], bs, token_stride, k0 * D, (k1 - k0) * D,
+                                    stop - b * bs);
+        const int64_t k_step = (prefetch_size(&next_k) + heads - 1) / heads;
+        const int64_t v_step = (prefetch_size(&this_v) + heads - 1) / heads;
+        for (int64_t h = 0; h < heads; ++h) {
+            prefetch_lines(&next_k, k_step);
+            prefetch_lines(&this_v, v_step);
             scores_of(
                 q + h * D, k + (k0 + h / G) * D, token_stride, stop - start,
                 scores + h * n + (start - lo), D
             );
+        }
     }
-    /* The values' first block: its rows arrive while the softmax runs. */
-    prefetch_rows(L->v_cache, table[lo / bs], bs, token_stride, k0 * D, (k1 - k0) * D);
     for (int64_t h = 0; h < heads; ++h) {
         float *s = scores + h * n;
         if (L->softcap > 0.0f || L->alibi) {
@@ -171,23 +282,9 @@ static inline __attribute__((always_inline)) void attend_heads(
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) s[i] *= inv;
     }
-    float *acc = out; /* [heads, D], accumulated in place */
-    memset(acc, 0, sizeof(float) * heads * D);
-    for (int64_t b = lo / bs; b * bs < ctx; ++b) {
-        int64_t start, stop;
-        block_span(b, bs, lo, ctx, &start, &stop);
-        const float *v = L->v_cache + ((int64_t)table[b] * bs + (start - b * bs)) * token_stride;
-        if ((b + 1) * bs < ctx)
-            prefetch_rows(L->v_cache, table[b + 1], bs, token_stride, k0 * D, (k1 - k0) * D);
-        for (int64_t j = start; j < stop; ++j, v += token_stride)
-            for (int64_t h = 0; h < heads; ++h) {
-                const float pj = scores[h * n + (j - lo)];
-                const float *vh = v + (k0 + h / G) * D;
-                float *o = acc + h * D;
-#pragma omp simd
-                for (int64_t d = 0; d < D; ++d) o[d] += pj * vh[d];
-            }
-    }
+    for (int64_t g = k0; g < k1; ++g)
+        weigh_values(L, table, lo, ctx, g, scores + (g - k0) * G * n, n, G,
+                     out + (g - k0) * G * D, D);
 }
 
 typedef void (*AttendFn)(const Layout *, const float *, const int32_t *, int64_t, int64_t,
@@ -223,8 +320,8 @@ void leaflm_paged_attention(
     int64_t rows, int64_t num_heads, int64_t num_kv, int64_t head_dim, int64_t block_size,
     float scale, const float *alibi, int64_t window, float softcap, int num_threads
 ) {
-    const Layout L = {k_cache, v_cache, num_heads, num_kv, head_dim, block_size,
-                      alibi,   window,  softcap};
+    const Layout L = {k_cache, v_cache, num_heads, num_kv,  head_dim,
+                      block_size, alibi, window, softcap, row_table == NULL};
     const int64_t group = num_heads / num_kv;
     const AttendFn attend = head_dim == 64 ? attend_64 : head_dim == 128 ? attend_128 : attend_any;
     int64_t max_ctx = 1, work = 0;
@@ -248,7 +345,7 @@ void leaflm_paged_attention(
         for (int64_t item = 0; item < items; ++item) {
             const int64_t r = item / per_row, k0 = (item % per_row) * kv_per_item;
             const int64_t next = item + team, rn = next / per_row;
-            if (next < items && row_ctx[rn] > 0) {
+            if (L.prefetch && next < items && row_ctx[rn] > 0) {
                 const int32_t *tn = block_tables + (row_table ? row_table[rn] : rn) * table_stride;
                 const int64_t first_block = window_start(row_ctx[rn], window) / block_size;
                 prefetch_rows(k_cache, tn[first_block], block_size, num_kv * head_dim,

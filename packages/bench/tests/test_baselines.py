@@ -54,3 +54,29 @@ def test_failures_are_recorded_and_other_backends_still_run(setup, monkeypatch):
     with pytest.raises(ValueError, match="unknown backend"):
         run_throughput(reqs, model_dir, ["vllm"])
     assert speedups(results) == {}  # no leaflm result, no ratios
+
+
+def test_repeats_interleave_the_backends_and_report_each_ones_median_round(setup, monkeypatch):
+    from leaflm.bench import offline
+    from leaflm.bench.metrics import OfflineResult
+
+    model_dir, reqs = setup
+    seconds = {"leaflm": iter([2.0, 1.0, 4.0]), "hf-static": iter([8.0, 10.0, 9.0])}
+    calls = []
+
+    def planted(name, chosen, *args):
+        calls.append(name)
+        return OfflineResult(name, len(chosen), 60, 100, next(seconds[name]), 1.0)
+
+    monkeypatch.setattr(offline, "_run_one", planted)
+    results = run_throughput(reqs, model_dir, ["leaflm", "hf-static"], repeats=3,
+                             log=lambda _m: None)  # fmt: skip
+    assert calls == ["leaflm", "hf-static"] * 3
+    by_name = {r.backend: r for r in results}
+    assert by_name["leaflm"].elapsed_s == 2.0 and by_name["hf-static"].elapsed_s == 9.0
+    assert by_name["leaflm"].trials == [50.0, 100.0, 25.0]
+    assert "median of 3 rounds (50.0, 100.0, 25.0 tok/s)" in by_name["leaflm"].note
+    assert speedups(results)["hf-static"] == pytest.approx(9.0 / 2.0)
+    assert OfflineResult.from_dict(by_name["leaflm"].to_dict()).trials == [50.0, 100.0, 25.0]
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        run_throughput(reqs, model_dir, ["leaflm"], repeats=0)

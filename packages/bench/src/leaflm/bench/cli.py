@@ -53,6 +53,8 @@ def _add_throughput_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-cb-requests", type=int, default=32,
                    help="run HF generate_batch on only the first N requests")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32, help="HF static batch size")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="interleaved rounds of all backends; each reports its median round")  # fmt: skip
 
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:

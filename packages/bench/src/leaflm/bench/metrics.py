@@ -147,6 +147,7 @@ class OfflineResult:
     elapsed_s: float
     peak_memory_mb: float
     note: str = ""
+    trials: list[float] = field(default_factory=list)  # output tok/s of every round, if repeated
 
     @property
     def requests_per_s(self) -> float:
@@ -176,4 +177,5 @@ class OfflineResult:
             **{k: data[k] for k in keys},
             peak_memory_mb=data.get("peak_memory_mb", float("nan")),
             note=data.get("note", ""),
+            trials=list(data.get("trials", [])),
         )

@@ -2,7 +2,10 @@
 
 Each backend loads the same HF directory, warms up untimed, then generates the workload (or
 its first N requests, for the slow one-at-a-time baseline: rates stay comparable). Timing
-covers generation only, not model loading.
+covers generation only, not model loading. With `repeats`, the backends run in interleaved
+rounds (A B C, A B C, ...) and each reports its median round: on a shared machine a single
+run of each drifts by 10-20% with the neighbours' load, and interleaving spreads that drift
+over every backend instead of landing on whichever ran at the bad moment.
 """
 
 from __future__ import annotations
@@ -98,8 +101,10 @@ def run_throughput(
     log: Callable[[str], None] = print,
     engine_kwargs: dict[str, Any] | None = None,
     failures: list[str] | None = None,
+    repeats: int = 1,
 ) -> list[OfflineResult]:
-    """Run each backend in turn on `requests` (`subsets[name]` caps its request count).
+    """Run each backend on `requests` (`subsets[name]` caps its request count), `repeats`
+    interleaved rounds of all of them; one result per backend, its median round.
 
     With a `failures` list, a backend that raises is recorded there and the others still
     run (a long report should not die on one baseline); without one, errors propagate.
@@ -109,31 +114,54 @@ def run_throughput(
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backend(s) {unknown}: choose from {', '.join(BACKENDS)}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     subsets = subsets or {}
-    results = []
-    for name in backends:
-        n = min(len(requests), subsets.get(name) or len(requests))
-        chosen = requests[:n]
-        log(f"[throughput] {name}: {n} requests ...")
-        try:
-            result = _run_one(name, chosen, model_dir, device, dtype, batch_size, engine_kwargs)
-        except Exception as exc:
-            if not keep_going:
-                raise
-            log(f"[throughput] {name} failed: {exc!r}")
-            failures.append(f"{name}: {exc!r}"[:500])
+    rounds: dict[str, list[OfflineResult]] = {name: [] for name in backends}
+    failed: set[str] = set()
+    for round_no in range(repeats):
+        for name in backends:
+            if name in failed:
+                continue
+            n = min(len(requests), subsets.get(name) or len(requests))
+            tag = f" (round {round_no + 1}/{repeats})" if repeats > 1 else ""
+            log(f"[throughput] {name}: {n} requests{tag} ...")
+            try:
+                result = _run_one(
+                    name, requests[:n], model_dir, device, dtype, batch_size, engine_kwargs
+                )
+            except Exception as exc:
+                if not keep_going:
+                    raise
+                log(f"[throughput] {name} failed: {exc!r}")
+                failures.append(f"{name}: {exc!r}"[:500])
+                failed.add(name)
+                gc.collect()
+                continue
+            if n < len(requests):
+                subset = f"first {n} of {len(requests)} requests"
+                result.note = f"{result.note}; {subset}" if result.note else subset
+            log(
+                f"[throughput] {name}: {result.output_tok_per_s:.1f} output tok/s, "
+                f"{result.elapsed_s:.1f} s, peak {result.peak_memory_mb:.0f} MiB"
+            )
+            rounds[name].append(result)
             gc.collect()
-            continue
-        if n < len(requests):
-            subset = f"first {n} of {len(requests)} requests"
-            result.note = f"{result.note}; {subset}" if result.note else subset
-        log(
-            f"[throughput] {name}: {result.output_tok_per_s:.1f} output tok/s, "
-            f"{result.elapsed_s:.1f} s, peak {result.peak_memory_mb:.0f} MiB"
-        )
-        results.append(result)
-        gc.collect()
-    return results
+    return [median_round(rounds[name]) for name in backends if rounds[name] and name not in failed]
+
+
+def median_round(results: list[OfflineResult]) -> OfflineResult:
+    """The round with the median output tok/s (the lower middle one of an even count), with
+    every round's figure in `trials` and in its note."""
+    ordered = sorted(results, key=lambda r: r.output_tok_per_s)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    if len(results) == 1:
+        return chosen
+    rates = [r.output_tok_per_s for r in results]
+    chosen.trials = rates
+    median = f"median of {len(rates)} rounds ({', '.join(f'{x:.1f}' for x in rates)} tok/s)"
+    chosen.note = f"{chosen.note}; {median}" if chosen.note else median
+    return chosen
 
 
 def speedups(results: list[OfflineResult], reference: str = REFERENCE) -> dict[str, float]:

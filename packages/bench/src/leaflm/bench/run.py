@@ -68,7 +68,7 @@ def _offline(
                "hf-cb": args.hf_cb_requests}  # fmt: skip
     return run_throughput(requests, model_dir, args.backends, device, args.dtype,
                           {k: v for k, v in subsets.items() if v}, args.batch_size,
-                          failures=failures)  # fmt: skip
+                          failures=failures, repeats=args.repeats)  # fmt: skip
 
 
 def _serving(

@@ -2,7 +2,7 @@
 
 CUDA tensors with Triton importable run the Triton kernel. Float32 CPU tensors run the C
 kernel (:mod:`leaflm.kernels.cpu`) of ops that have one (paged attention, KV write, RMSNorm,
-rotary, SiLU-and-mul) when it could be built; anything else runs the reference.
+rotary, SiLU-and-mul, greedy sampling) when it could be built; anything else runs the reference.
 ``LEAFLM_KERNELS=torch``, ``=triton`` or ``=cpu`` forces one path (read on every call, so tests
 can flip it; ``cpu`` applies to the ops with a C kernel); with ``TRITON_INTERPRET=1`` the forced
 Triton path runs on CPU tensors.

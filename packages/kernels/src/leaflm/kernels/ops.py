@@ -74,7 +74,7 @@ def sample(
     seeds: torch.Tensor,
     offsets: torch.Tensor,
 ) -> torch.Tensor:
-    impl = kernel_module("", logits)
+    impl = kernel_module("sampling", logits)
     return impl.sample(logits, temperature, top_k, top_p, min_p, seeds, offsets)
 
 

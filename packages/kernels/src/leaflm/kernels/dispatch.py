@@ -18,6 +18,8 @@ from types import ModuleType
 
 import torch
 
+from leaflm.kernels.cpu import build as cpu_build
+
 ENV_VAR = "LEAFLM_KERNELS"
 
 
@@ -42,7 +44,10 @@ def _forced() -> str:
 
 def backend_for(t: torch.Tensor) -> str:
     """``"triton"`` or ``"torch"`` for an op whose main input is ``t``."""
-    forced = _forced()
+    return _backend(_forced(), t)
+
+
+def _backend(forced: str, t: torch.Tensor) -> str:
     if forced in ("torch", "cpu"):
         return "torch"
     if forced == "triton":
@@ -60,9 +65,10 @@ def kernel_module(op_kind: str, *tensors: torch.Tensor | None) -> ModuleType:
     """
     main = tensors[0]
     assert main is not None
-    if backend_for(main) == "triton":
+    forced = _forced()  # one environment read per call: this runs ~200 times a decode step
+    if _backend(forced, main) == "triton":
         return triton_ops()
-    if op_kind and use_cpu_kernels(*tensors):
+    if op_kind and _cpu_kernels_apply(forced, tensors):
         return _cpu_module(op_kind)
     return _reference()
 
@@ -86,7 +92,10 @@ def use_cpu_kernels(*tensors: torch.Tensor | None) -> bool:
 
     ``LEAFLM_KERNELS=torch`` (or ``=triton``) says no; ``=cpu`` says yes or raises.
     """
-    forced = _forced()
+    return _cpu_kernels_apply(_forced(), tensors)
+
+
+def _cpu_kernels_apply(forced: str, tensors: tuple[torch.Tensor | None, ...]) -> bool:
     if forced in ("torch", "triton"):
         return False
     ok = _all_cpu_float32(tensors)
@@ -101,9 +110,7 @@ def use_cpu_kernels(*tensors: torch.Tensor | None) -> bool:
 
 def cpu_reason() -> str | None:
     """Why the C kernels are unavailable (None when they are)."""
-    from leaflm.kernels.cpu.build import library, unavailable_reason
-
-    return None if library() is not None else unavailable_reason()
+    return None if cpu_build.library() is not None else cpu_build.unavailable_reason()
 
 
 @functools.cache

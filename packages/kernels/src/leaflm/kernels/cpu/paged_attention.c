@@ -33,7 +33,9 @@ static inline float dot(const float *restrict a, const float *restrict b, int64_
 /* Scores of `count` consecutive keys (rows `stride` floats apart) against a D-float query,
  * into s[0..count). With AVX-512 and D % 16 == 0, sixteen keys at a time: sixteen vector
  * accumulators reduced together by a transpose-and-add tree (45 shuffles and adds for 16
- * scores, where one horizontal sum per key costs about 9). */
+ * scores, where one horizontal sum per key costs about 9). `readable` rows (>= count) may be
+ * read: a block's slots past the context are allocated, so a short last group still runs as
+ * sixteen and stores only its first scores (whatever those slots hold is never used). */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
@@ -66,12 +68,12 @@ static inline __m512 sum_lanes_16(__m512 a[16]) {
 
 static inline __attribute__((always_inline)) void scores_of(
     const float *restrict q, const float *restrict k, int64_t stride, int64_t count,
-    float *restrict s, const int64_t D
+    int64_t readable, float *restrict s, const int64_t D
 ) {
     int64_t t = 0;
 #if defined(__AVX512F__)
     if (D % 16 == 0)
-        for (; t + 16 <= count; t += 16) {
+        for (; t < count && t + 16 <= readable; t += 16) {
             __m512 acc[16];
             for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
             for (int64_t d = 0; d < D; d += 16) {
@@ -79,7 +81,8 @@ static inline __attribute__((always_inline)) void scores_of(
                 for (int i = 0; i < 16; ++i)
                     acc[i] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k + (t + i) * stride + d), acc[i]);
             }
-            _mm512_storeu_ps(s + t, sum_lanes_16(acc));
+            const __mmask16 keep = count - t >= 16 ? 0xFFFF : (__mmask16)((1u << (count - t)) - 1);
+            _mm512_mask_storeu_ps(s + t, keep, sum_lanes_16(acc));
         }
 #endif
     for (; t < count; ++t) s[t] = dot(q, k + t * stride, D);
@@ -256,7 +259,7 @@ static inline __attribute__((always_inline)) void attend_heads(
             prefetch_lines(&this_v, v_step);
             scores_of(
                 q + h * D, k + (k0 + h / G) * D, token_stride, stop - start,
-                scores + h * n + (start - lo), D
+                (b + 1) * bs - start, scores + h * n + (start - lo), D
             );
         }
     }
@@ -271,6 +274,7 @@ static inline __attribute__((always_inline)) void attend_heads(
             }
         }
         float m = -INFINITY;
+#pragma omp simd reduction(max : m)
         for (int64_t i = 0; i < n; ++i) m = s[i] > m ? s[i] : m;
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)

@@ -2,10 +2,15 @@
 
 import os
 
-# OpenMP threads that spin while waiting (the default) collapse throughput when the CPU is
-# shared: on a busy 2-core machine, decode steps measured ~20x slower than with passive
-# waiting. Only a default, and only effective when this import comes before torch's.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How OpenMP's idle threads wait between parallel regions. libgomp's default (spin ~300k
+# times) collapses throughput when the CPU is shared: decode steps on a busy 2-core machine
+# ran ~20x slower. Sleeping at once (OMP_WAIT_POLICY=PASSIVE) makes every GEMM of a decode step
+# wake its worker again. A short spin sits between: on the 2-core dev machine it measured
+# ~4% faster decode steps than passive waiting when quiet, and the same beside a busy process.
+# Only a default (an OMP_WAIT_POLICY or GOMP_SPINCOUNT of the caller wins), and only effective
+# when this import comes before torch's.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from leaflm.engine.async_llm import AsyncLLM
 from leaflm.engine.config import EngineArgs

@@ -102,6 +102,13 @@ static inline int64_t window_start(int64_t ctx, int64_t window) {
     return (window > 0 && ctx > window) ? ctx - window : 0;
 }
 
+/* The cache row (all KV heads) of context position `pos`, through the block table. */
+static inline const float *token_row(
+    const float *cache, const int32_t *table, int64_t pos, int64_t bs, int64_t token_stride
+) {
+    return cache + ((int64_t)table[pos / bs] * bs + pos % bs) * token_stride;
+}
+
 /* Positions [*start, *stop) of block `b` that fall inside [lo, ctx). */
 static inline void block_span(int64_t b, int64_t bs, int64_t lo, int64_t ctx, int64_t *start,
                               int64_t *stop) {
@@ -109,21 +116,11 @@ static inline void block_span(int64_t b, int64_t bs, int64_t lo, int64_t ctx, in
     *stop = (b + 1) * bs < ctx ? (b + 1) * bs : ctx;
 }
 
-/* Ask for `width` floats at `offset` of every row of a block ahead of use: blocks sit at
- * random places, so the hardware prefetcher cannot see the next one coming. */
-static inline void prefetch_rows(
-    const float *cache, int32_t block, int64_t bs, int64_t token_stride, int64_t offset,
-    int64_t width
-) {
-    const char *p = (const char *)(cache + (int64_t)block * bs * token_stride + offset);
-    for (int64_t t = 0; t < bs; ++t, p += token_stride * sizeof(float))
-        for (int64_t off = 0; off < width * (int64_t)sizeof(float); off += 64)
-            __builtin_prefetch(p + off, 0, 2);
-}
-
-/* A block's rows to be prefetched a few lines at a time between pieces of work: a burst of
- * hundreds of prefetches fills the core's miss buffers and stalls it until memory answers,
- * while paced ones keep memory busy under the arithmetic. */
+/* `width` floats at `offset` of a block's rows, to be prefetched into L2 ahead of use: blocks
+ * sit at random places, so the hardware prefetcher cannot see the next one coming. Asked for a
+ * few lines at a time between pieces of work: a burst of hundreds of prefetches fills the
+ * core's miss buffers and stalls it until memory answers, while paced ones keep memory busy
+ * under the arithmetic. */
 typedef struct {
     const char *base;
     int64_t stride_bytes, per_row, rows; /* rows of `per_row` lines, `stride_bytes` apart */
@@ -169,8 +166,7 @@ static inline __attribute__((always_inline)) void weigh_values_block(
         for (int64_t b = lo / bs; b * bs < ctx; ++b) {
             int64_t start, stop;
             block_span(b, bs, lo, ctx, &start, &stop);
-            const float *v =
-                L->v_cache + ((int64_t)table[b] * bs + (start - b * bs)) * token_stride + g * D;
+            const float *v = token_row(L->v_cache, table, start, bs, token_stride) + g * D;
             for (int64_t j = start - lo; j < stop - lo; ++j, v += token_stride)
                 for (int64_t h = 0; h < HB; ++h) {
                     const __m512 pj = _mm512_set1_ps(p[h * n + j]);
@@ -189,8 +185,7 @@ static inline __attribute__((always_inline)) void weigh_values_block(
     for (int64_t b = lo / bs; b * bs < ctx; ++b) {
         int64_t start, stop;
         block_span(b, bs, lo, ctx, &start, &stop);
-        const float *v =
-            L->v_cache + ((int64_t)table[b] * bs + (start - b * bs)) * token_stride + g * D;
+        const float *v = token_row(L->v_cache, table, start, bs, token_stride) + g * D;
         for (int64_t j = start - lo; j < stop - lo; ++j, v += token_stride)
             for (int64_t h = 0; h < HB; ++h) {
                 const float pj = p[h * n + j];
@@ -242,7 +237,7 @@ static inline __attribute__((always_inline)) void attend_heads(
     for (int64_t b = lo / bs; b * bs < ctx; ++b) {
         int64_t start, stop;
         block_span(b, bs, lo, ctx, &start, &stop);
-        const float *k = L->k_cache + ((int64_t)table[b] * bs + (start - b * bs)) * token_stride;
+        const float *k = token_row(L->k_cache, table, start, bs, token_stride);
         Prefetcher next_k = {0}, this_v = {0};
         if (L->prefetch && (b + 1) * bs < ctx) {
             const int64_t rows = ctx - (b + 1) * bs < bs ? ctx - (b + 1) * bs : bs;
@@ -352,8 +347,11 @@ void leaflm_paged_attention(
             if (L.prefetch && next < items && row_ctx[rn] > 0) {
                 const int32_t *tn = block_tables + (row_table ? row_table[rn] : rn) * table_stride;
                 const int64_t first_block = window_start(row_ctx[rn], window) / block_size;
-                prefetch_rows(k_cache, tn[first_block], block_size, num_kv * head_dim,
-                              (next % per_row) * kv_per_item * head_dim, kv_per_item * head_dim);
+                Prefetcher first = prefetcher_for(
+                    k_cache, tn[first_block], block_size, num_kv * head_dim,
+                    (next % per_row) * kv_per_item * head_dim, kv_per_item * head_dim, block_size
+                );
+                prefetch_lines(&first, prefetch_size(&first)); /* all at once: nothing to pace */
             }
             const float *qg = q + r * q_stride + k0 * group * head_dim;
             for (int64_t i = 0; i < kv_per_item * group * head_dim; ++i) qs[i] = qg[i] * scale;

@@ -147,7 +147,7 @@ def run_throughput(
             )
             rounds[name].append(result)
             gc.collect()
-    return [median_round(rounds[name]) for name in backends if rounds[name] and name not in failed]
+    return [median_round(rounds[name]) for name in backends if name not in failed]
 
 
 def median_round(results: list[OfflineResult]) -> OfflineResult:

@@ -29,7 +29,7 @@ def pack_for_cpu(model: nn.Module) -> int:
 class PackableLinear(nn.Module):
     """A layer whose forward is `x @ W.T + b` for some `[out, in]` weight it can pack."""
 
-    packed: torch.Tensor | None = None
+    packed: gemm.PackedWeight | None = None
 
     def plain_weight(self) -> torch.Tensor:
         """The `[out, in]` weight, as F.linear takes it."""

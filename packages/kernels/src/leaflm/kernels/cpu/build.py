@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 DISABLE_VAR = "LEAFLM_CPU_KERNELS"  # "0" turns the C kernels off
-SOURCES = ("paged_attention.c", "layers.c", "sampling.c")
+SOURCES = ("paged_attention.c", "layers.c", "sampling.c", "gemm.c")
 HEADERS = ("vec_math.h",)
 FLAGS = (
     "-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fno-math-errno", "-std=c11",
@@ -139,3 +139,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.leaflm_silu_and_mul.argtypes = [p, i64, p, i64, i64, ctypes.c_int]
     lib.leaflm_argmax_rows.restype = None
     lib.leaflm_argmax_rows.argtypes = [p, i64, i64, i64, p, ctypes.c_int]
+    lib.leaflm_gemm_panel_width.restype = ctypes.c_int
+    lib.leaflm_gemm_panel_width.argtypes = []
+    lib.leaflm_gemm.restype = None
+    lib.leaflm_gemm.argtypes = [p, i64, p, p, p, i64, i64, i64, i64, ctypes.c_int]

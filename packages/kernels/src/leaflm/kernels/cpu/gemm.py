@@ -1,51 +1,113 @@
-"""CPU linear layers through oneDNN with each weight packed once, at load time.
+"""CPU linear layers on weights packed once, at load time.
 
-``F.linear`` on CPU calls MKL's sgemm, which re-packs the weight on every call. With a few
-dozen rows (a decode batch) that repacking is a large share of the work: oneDNN on weights
-pre-packed into its blocked layout ran a SmolLM-135M decode step's 120 GEMMs (64 rows) in
-~76 ms against MKL's ~114 ms, one row ~24 ms vs ~33 ms, and a 2048-token prefill ~10%
-faster, on the 2-core dev machine. These are the same ops PyTorch's Inductor uses for
-frozen CPU linears (``mkldnn::_reorder_linear_weight`` / ``mkldnn::_linear_pointwise``).
+``F.linear`` on CPU calls MKL's sgemm, which re-packs the weight on every call: with a few
+dozen rows (a decode batch) that repacking is a large share of the work. So each float32
+weight is packed once after loading, into one of two layouts:
+
+- leaflm's own panels (``gemm.c``), where the C kernels are built with AVX-512: each thread
+  streams its half of the weight once for all rows. A SmolLM-135M decode step's 120 layer
+  GEMMs (64 rows, weights cold) took ~65 ms against ~78 ms with oneDNN's packed matmul, and
+  a 2048-row prefill chunk ~1.95 s against ~2.0 s, on the 2-core dev machine.
+- oneDNN's blocked layout otherwise (``mkldnn::_reorder_linear_weight`` /
+  ``mkldnn::_linear_pointwise``, the ops PyTorch's Inductor uses for frozen CPU linears),
+  ~1.5x faster than ``F.linear`` for decode batches.
+
+``LEAFLM_CPU_GEMM=onednn`` picks oneDNN even where leaflm's kernel is available (to compare).
 """
 
 from __future__ import annotations
 
 import functools
+import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from leaflm.kernels.cpu import build, hugepages
 
-#: the batch size oneDNN picks the packed layout for (it serves every batch size)
+#: the batch size oneDNN picks its packed layout for (it serves every batch size)
 BATCH_HINT = 64
+GEMM_VAR = "LEAFLM_CPU_GEMM"
+
+
+@dataclass(frozen=True, eq=False)
+class PackedWeight:
+    """An ``[out, in]`` float32 weight packed for :func:`packed_linear`."""
+
+    data: torch.Tensor  # leaflm: [panels, in, panel_width]; oneDNN: its opaque tensor
+    out_features: int
+    in_features: int
+    panel_width: int  # 0 for oneDNN's layout
+
+
+@functools.cache
+def panel_width() -> int:
+    """Columns per panel of leaflm's GEMM, or 0 where oneDNN packs instead."""
+    if os.environ.get(GEMM_VAR, "").strip().lower() == "onednn":
+        return 0
+    lib = build.library()
+    return int(lib.leaflm_gemm_panel_width()) if lib is not None else 0
 
 
 @functools.cache
 def packing_available() -> bool:
-    """Whether this torch has oneDNN's packed linear and it agrees with F.linear."""
-    if build.disabled() or not torch.backends.mkldnn.is_available():
+    """Whether weights can be packed here, and the packed GEMM agrees with F.linear."""
+    if build.disabled():
+        return False
+    if not panel_width() and not torch.backends.mkldnn.is_available():
         return False
     try:
         g = torch.Generator().manual_seed(0)
-        w, b, x = (torch.randn(s, generator=g) for s in ((24, 16), (24,), (3, 16)))
+        w, b, x = (torch.randn(s, generator=g) for s in ((56, 16), (56,), (9, 16)))
         got = packed_linear(x, pack_weight(w), b)
     except (RuntimeError, AttributeError):
         return False
     return bool(torch.allclose(got, F.linear(x, w, b), atol=1e-5, rtol=1e-5))
 
 
-def pack_weight(weight: torch.Tensor) -> torch.Tensor:
-    """A ``[out, in]`` float32 weight in oneDNN's packed layout (an opaque tensor)."""
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), BATCH_HINT)
-    hugepages.advise_tensor(packed)  # every decode step streams all weights: spare the TLB
-    return packed
+def pack_weight(weight: torch.Tensor) -> PackedWeight:
+    """Pack an ``[out, in]`` float32 CPU weight (a copy: the caller may free the original)."""
+    out_features, in_features = weight.shape
+    width = panel_width()
+    w = weight.detach()
+    if width:
+        panels = -(-out_features // width)
+        padded = F.pad(w, (0, 0, 0, panels * width - out_features))
+        data = padded.view(panels, width, in_features).transpose(1, 2).contiguous()
+    else:
+        data = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), BATCH_HINT)
+    hugepages.advise_tensor(data)  # every decode step streams all weights: spare the TLB
+    return PackedWeight(data, out_features, in_features, width)
 
 
 def packed_linear(
-    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``x @ W.T + b`` for a weight packed by :func:`pack_weight`; ``x`` is ``[..., in]``."""
     rows = x.reshape(-1, x.shape[-1])
-    out = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
-    return out.view(*x.shape[:-1], out.shape[-1])
+    if not packed.panel_width:
+        out = torch.ops.mkldnn._linear_pointwise(rows, packed.data, bias, "none", [], "")
+        return out.view(*x.shape[:-1], out.shape[-1])
+    if x.dtype != torch.float32 or x.shape[-1] != packed.in_features:
+        raise ValueError(
+            f"packed linear takes float32 [..., {packed.in_features}] inputs, "
+            f"got {x.dtype} {tuple(x.shape)}"
+        )
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    n = packed.out_features
+    out = torch.empty((rows.shape[0], n), dtype=torch.float32)
+    if rows.shape[0]:
+        b = None if bias is None else bias.contiguous()
+        _gemm()(
+            rows.data_ptr(), rows.stride(0), packed.data.data_ptr(),
+            None if b is None else b.data_ptr(), out.data_ptr(), n,
+            rows.shape[0], n, packed.in_features, torch.get_num_threads(),
+        )  # fmt: skip
+    return out.view(*x.shape[:-1], n)
+
+
+@functools.cache
+def _gemm():
+    return build.require_library().leaflm_gemm

@@ -98,3 +98,24 @@ def test_disable_switch(monkeypatch):
         monkeypatch.delenv("LEAFLM_CPU_KERNELS")
         gemm.packing_available.cache_clear()
     assert gemm.packing_available()
+
+
+@pytest.mark.parametrize("rows", [0, 1, 9, 64, 200])
+@pytest.mark.parametrize("intermediate", [24, 50, 96])
+def test_gated_silu_and_mul_matches_reference(rows, intermediate):
+    """The gated GEMM == silu_and_mul(F.linear(x, [gate; up])) of the reference ops."""
+    from leaflm.kernels import reference
+
+    gemm.panel_width.cache_clear()
+    g = torch.Generator().manual_seed(rows + intermediate)
+    w = torch.randn(2 * intermediate, 40, generator=g) / 6
+    packed = gemm.pack_gated_weight(w)
+    if packed is None:
+        pytest.skip("leaflm's GEMM needs AVX-512")
+    x = torch.randn(rows, 40, generator=g)
+    expected = reference.silu_and_mul(F.linear(x, w))
+    torch.testing.assert_close(gemm.packed_silu_and_mul(x, packed), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="packed_silu_and_mul"):
+        gemm.packed_linear(x, packed)
+    with pytest.raises(ValueError, match="pack_gated_weight"):
+        gemm.packed_silu_and_mul(x, gemm.pack_weight(w))

@@ -18,6 +18,7 @@ from leaflm.engine.layers.linear import pack_for_cpu
 from leaflm.engine.loader import load_weights
 from leaflm.engine.models.registry import resolve_model_class
 from leaflm.engine.scheduler import SchedulerOutput
+from leaflm.kernels.cpu import malloc_tuning
 
 
 class ModelRunner:
@@ -36,6 +37,7 @@ class ModelRunner:
         self.model.eval()
         if self.device.type == "cpu":
             pack_for_cpu(self.model)
+            malloc_tuning.retain_freed_memory()  # activations are re-allocated every layer
         self.kv: KVCache | None = None
         self.block_size = 16
 

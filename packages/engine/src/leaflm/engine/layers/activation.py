@@ -1,4 +1,7 @@
-"""Gated activations of LLaMA-style MLPs, over a merged gate/up projection."""
+"""Activations: GELU-gated MLPs over a merged gate/up projection, and HF's plain ones by name.
+
+(The SiLU-gated MLP's activation lives in `linear.SiluGatedLinear`, fused with its GEMM on CPU.)
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,6 @@ import torch
 from torch import nn
 
 from leaflm import kernels
-
-
-class SiluAndMul(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.silu_and_mul(x)
 
 
 class GeluAndMul(nn.Module):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leaflm import kernels
 from leaflm.kernels.cpu import gemm
 
 
@@ -88,3 +89,30 @@ class MergedLinear(Linear):
                 f"{(size, *param.shape[1:])}"
             )
         param.data[start : start + size].copy_(tensor)
+
+
+class SiluGatedLinear(MergedLinear):
+    """A SiLU-gated MLP's merged gate/up projection: ``forward`` gives ``silu(gate) * up``.
+
+    Packed on CPU (leaflm's GEMM, no bias), the activation runs inside the GEMM: it never
+    writes the twice-as-wide gate/up output for a separate pass to read back (a 2048-token
+    prefill chunk of SmolLM: 25 MB per layer).
+    """
+
+    def __init__(self, in_features: int, intermediate_size: int, bias: bool = False) -> None:
+        super().__init__(in_features, [intermediate_size, intermediate_size], bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and self.packed.gated:
+            return gemm.packed_silu_and_mul(x, self.packed)
+        return kernels.silu_and_mul(super().forward(x))
+
+    def pack_cpu_weight(self) -> bool:
+        w = self.weight
+        if self.packed is None and self.bias is None and w.device.type == "cpu":
+            gated = gemm.pack_gated_weight(w) if w.dtype == torch.float32 else None
+            if gated is not None:
+                self.packed = gated
+                self.drop_plain_weight()
+                return True
+        return super().pack_cpu_weight()

@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 from leaflm.engine.forward_context import ForwardContext
-from leaflm.engine.layers.activation import SiluAndMul
 from leaflm.engine.layers.attention import Attention
 from leaflm.engine.layers.embedding import VocabEmbedding
-from leaflm.engine.layers.linear import Linear, MergedLinear
+from leaflm.engine.layers.linear import Linear, MergedLinear, SiluGatedLinear
 from leaflm.engine.layers.norm import RMSNorm
 from leaflm.engine.layers.rope_settings import rope_settings
 from leaflm.engine.layers.rotary import RotaryEmbedding
@@ -72,12 +71,11 @@ class LlamaMLP(nn.Module):
     def __init__(self, cfg: Any) -> None:
         super().__init__()
         inter, bias = cfg.intermediate_size, getattr(cfg, "mlp_bias", False)
-        self.gate_up_proj = MergedLinear(cfg.hidden_size, [inter, inter], bias=bias)
+        self.gate_up_proj = SiluGatedLinear(cfg.hidden_size, inter, bias=bias)
         self.down_proj = Linear(inter, cfg.hidden_size, bias=bias)
-        self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+        return self.down_proj(self.gate_up_proj(x))
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -143,3 +143,5 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.leaflm_gemm_panel_width.argtypes = []
     lib.leaflm_gemm.restype = None
     lib.leaflm_gemm.argtypes = [p, i64, p, p, p, i64, i64, i64, i64, ctypes.c_int]
+    lib.leaflm_gemm_silu_mul.restype = None
+    lib.leaflm_gemm_silu_mul.argtypes = [p, i64, p, p, i64, i64, i64, i64, ctypes.c_int]

@@ -11,7 +11,9 @@
  * transposed, k-major: packed[(p*K + k)*NR + j] = W[p*NR + j, k], zero past N. A tile is
  * MR rows x NR columns: MR*NR/16 = 24 accumulators stay in AVX-512 registers while x is
  * broadcast straight from memory. Rows are taken MC at a time so that their slice of x stays
- * in L2 while every panel of the thread passes over it (prefill-sized batches).
+ * in L2 while every panel of the thread passes over it (prefill-sized batches). A gated MLP's
+ * merged gate/up weight packs NR/2 gate rows and the NR/2 matching up rows per panel, so a
+ * tile can finish silu(gate) * up itself (`leaflm_gemm_silu_mul`).
  *
  * The tile is sized for 32 vector registers of 16 floats: `leaflm_gemm_panel_width()` is 0 in
  * a build without AVX-512, and callers then use oneDNN.
@@ -20,6 +22,8 @@
 #include <string.h>
 
 #include <omp.h>
+
+#include "vec_math.h"
 
 #define NR 48
 #define MR 8
@@ -36,10 +40,14 @@ int leaflm_gemm_panel_width(void) {
 #endif
 }
 
-/* out[mr x cols] = x[mr x K] * panel (+ bias); `mr` is a constant after inlining. */
+/* out[mr x cols] = x[mr x K] * panel (+ bias); `mr` and `gated` are constants after inlining.
+ * A gated panel holds NR/2 gate columns then the NR/2 matching up columns, and the tile
+ * writes silu(gate) * up (no bias): the MLP's activation rides on the GEMM's last touch of
+ * its output, instead of a pass over a tensor twice as wide. */
 static inline __attribute__((always_inline)) void tile(
-    const int mr, const float *restrict x, int64_t ldx, const float *restrict panel, int64_t K,
-    const float *restrict bias, float *restrict out, int64_t ldo, int cols
+    const int mr, const int gated, const float *restrict x, int64_t ldx,
+    const float *restrict panel, int64_t K, const float *restrict bias, float *restrict out,
+    int64_t ldo, int cols
 ) {
     vec16 acc[MR][3];
 #pragma GCC unroll 8
@@ -61,7 +69,15 @@ static inline __attribute__((always_inline)) void tile(
     for (int r = 0; r < MR; ++r) {
         if (r >= mr) continue;
         float *o = out + r * ldo;
-        if (cols == NR) {
+        if (gated) {
+            float v[NR];
+            memcpy(v, acc[r], sizeof v);
+#pragma omp simd
+            for (int c = 0; c < cols; ++c) {
+                const float g = v[c];
+                o[c] = g / (1.0f + exp_clamped(-g)) * v[NR / 2 + c];
+            }
+        } else if (cols == NR) {
             if (bias) {
                 const vec16 *b = (const vec16 *)bias;
                 acc[r][0] += b[0];
@@ -84,23 +100,40 @@ static void tile_rows(
     float *out, int64_t ldo, int cols
 ) {
     switch (mr) {
-    case 8: tile(8, x, ldx, panel, K, bias, out, ldo, cols); break;
-    case 7: tile(7, x, ldx, panel, K, bias, out, ldo, cols); break;
-    case 6: tile(6, x, ldx, panel, K, bias, out, ldo, cols); break;
-    case 5: tile(5, x, ldx, panel, K, bias, out, ldo, cols); break;
-    case 4: tile(4, x, ldx, panel, K, bias, out, ldo, cols); break;
-    case 3: tile(3, x, ldx, panel, K, bias, out, ldo, cols); break;
-    case 2: tile(2, x, ldx, panel, K, bias, out, ldo, cols); break;
-    default: tile(1, x, ldx, panel, K, bias, out, ldo, cols); break;
+    case 8: tile(8, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
+    case 7: tile(7, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
+    case 6: tile(6, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
+    case 5: tile(5, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
+    case 4: tile(4, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
+    case 3: tile(3, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
+    case 2: tile(2, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
+    default: tile(1, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
     }
 }
 
-/* out [M, N] (rows ldo apart) = x [M, K] (rows ldx apart) W^T + bias (NULL: none). */
-void leaflm_gemm(
-    const float *x, int64_t ldx, const float *packed, const float *bias, float *out,
-    int64_t ldo, int64_t M, int64_t N, int64_t K, int num_threads
+static void gated_tile_rows(
+    int mr, const float *x, int64_t ldx, const float *panel, int64_t K, float *out, int64_t ldo,
+    int cols
 ) {
-    const int64_t panels = (N + NR - 1) / NR;
+    switch (mr) {
+    case 8: tile(8, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
+    case 7: tile(7, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
+    case 6: tile(6, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
+    case 5: tile(5, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
+    case 4: tile(4, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
+    case 3: tile(3, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
+    case 2: tile(2, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
+    default: tile(1, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
+    }
+}
+
+/* Panels split over the threads, rows MC at a time; `width` output columns per panel. */
+static void gemm_panels(
+    const float *x, int64_t ldx, const float *packed, const float *bias, float *out,
+    int64_t ldo, int64_t M, int64_t N, int64_t K, int num_threads, int gated
+) {
+    const int width = gated ? NR / 2 : NR;
+    const int64_t panels = (N + width - 1) / width;
     const int threads = 2 * M * N * K < PARALLEL_MIN_FLOPS ? 1 : num_threads;
 #pragma omp parallel num_threads(threads)
     {
@@ -109,14 +142,34 @@ void leaflm_gemm(
         for (int64_t m0 = 0; m0 < M; m0 += MC) {
             const int64_t m1 = m0 + MC < M ? m0 + MC : M;
             for (int64_t p = first; p < last; ++p) {
-                const int cols = N - p * NR < NR ? (int)(N - p * NR) : NR;
+                const int cols = N - p * width < width ? (int)(N - p * width) : width;
                 const float *panel = packed + p * K * NR;
-                const float *b = bias ? bias + p * NR : NULL;
+                float *o = out + p * width;
                 for (int64_t m = m0; m < m1; m += MR) {
                     const int mr = m1 - m < MR ? (int)(m1 - m) : MR;
-                    tile_rows(mr, x + m * ldx, ldx, panel, K, b, out + m * ldo + p * NR, ldo, cols);
+                    if (gated)
+                        gated_tile_rows(mr, x + m * ldx, ldx, panel, K, o + m * ldo, ldo, cols);
+                    else
+                        tile_rows(mr, x + m * ldx, ldx, panel, K, bias ? bias + p * NR : NULL,
+                                  o + m * ldo, ldo, cols);
                 }
             }
         }
     }
+}
+
+/* out [M, N] (rows ldo apart) = x [M, K] (rows ldx apart) W^T + bias (NULL: none). */
+void leaflm_gemm(
+    const float *x, int64_t ldx, const float *packed, const float *bias, float *out,
+    int64_t ldo, int64_t M, int64_t N, int64_t K, int num_threads
+) {
+    gemm_panels(x, ldx, packed, bias, out, ldo, M, N, K, num_threads, 0);
+}
+
+/* out [M, N] = silu(x Wg^T) * (x Wu^T) for gate and up weights [N, K] packed as gated panels. */
+void leaflm_gemm_silu_mul(
+    const float *x, int64_t ldx, const float *packed, float *out, int64_t ldo, int64_t M,
+    int64_t N, int64_t K, int num_threads
+) {
+    gemm_panels(x, ldx, packed, NULL, out, ldo, M, N, K, num_threads, 1);
 }

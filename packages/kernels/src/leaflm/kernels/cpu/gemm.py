@@ -39,6 +39,7 @@ class PackedWeight:
     out_features: int
     in_features: int
     panel_width: int  # 0 for oneDNN's layout
+    gated: bool = False  # gate and up rows side by side per panel (see pack_gated_weight)
 
 
 @functools.cache
@@ -81,21 +82,52 @@ def pack_weight(weight: torch.Tensor) -> PackedWeight:
     return PackedWeight(data, out_features, in_features, width)
 
 
+def pack_gated_weight(weight: torch.Tensor) -> PackedWeight | None:
+    """Pack a merged ``[gate; up]`` weight for :func:`packed_silu_and_mul`.
+
+    None where leaflm's GEMM is not available (callers then pack it as a plain linear).
+    """
+    width = panel_width()
+    rows, in_features = weight.shape
+    if not width or rows % 2:
+        return None
+    half, out_features = width // 2, rows // 2
+    panels = -(-out_features // half)
+    gate, up = (
+        F.pad(w, (0, 0, 0, panels * half - out_features)).view(panels, half, in_features)
+        for w in weight.detach().chunk(2)
+    )
+    data = torch.cat([gate, up], dim=1).transpose(1, 2).contiguous()
+    hugepages.advise_tensor(data)
+    return PackedWeight(data, out_features, in_features, width, gated=True)
+
+
+def packed_silu_and_mul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
+    """``silu(x @ Wg.T) * (x @ Wu.T)`` in one pass, for a weight from :func:`pack_gated_weight`."""
+    if not packed.gated:
+        raise ValueError("packed_silu_and_mul takes a weight packed by pack_gated_weight")
+    rows = _float32_rows(x, packed)
+    n = packed.out_features
+    out = torch.empty((rows.shape[0], n), dtype=torch.float32)
+    if rows.shape[0]:
+        _silu_mul()(
+            rows.data_ptr(), rows.stride(0), packed.data.data_ptr(), out.data_ptr(), n,
+            rows.shape[0], n, packed.in_features, torch.get_num_threads(),
+        )  # fmt: skip
+    return out.view(*x.shape[:-1], n)
+
+
 def packed_linear(
     x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``x @ W.T + b`` for a weight packed by :func:`pack_weight`; ``x`` is ``[..., in]``."""
-    rows = x.reshape(-1, x.shape[-1])
     if not packed.panel_width:
+        rows = x.reshape(-1, x.shape[-1])
         out = torch.ops.mkldnn._linear_pointwise(rows, packed.data, bias, "none", [], "")
         return out.view(*x.shape[:-1], out.shape[-1])
-    if x.dtype != torch.float32 or x.shape[-1] != packed.in_features:
-        raise ValueError(
-            f"packed linear takes float32 [..., {packed.in_features}] inputs, "
-            f"got {x.dtype} {tuple(x.shape)}"
-        )
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
+    if packed.gated:
+        raise ValueError("a gated weight goes through packed_silu_and_mul")
+    rows = _float32_rows(x, packed)
     n = packed.out_features
     out = torch.empty((rows.shape[0], n), dtype=torch.float32)
     if rows.shape[0]:
@@ -108,6 +140,22 @@ def packed_linear(
     return out.view(*x.shape[:-1], n)
 
 
+def _float32_rows(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
+    """``x`` as ``[rows, in]`` with unit column stride, or a ValueError naming what is wrong."""
+    if x.dtype != torch.float32 or x.shape[-1] != packed.in_features:
+        raise ValueError(
+            f"packed linear takes float32 [..., {packed.in_features}] inputs, "
+            f"got {x.dtype} {tuple(x.shape)}"
+        )
+    rows = x.reshape(-1, x.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
 @functools.cache
 def _gemm():
     return build.require_library().leaflm_gemm
+
+
+@functools.cache
+def _silu_mul():
+    return build.require_library().leaflm_gemm_silu_mul

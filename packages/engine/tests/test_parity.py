@@ -1,5 +1,5 @@
 """Greedy parity with HF Transformers on tiny random Llama, Mistral and Qwen2 models, through
-the CPU's fast path (C kernels, oneDNN-packed weights) and through the PyTorch reference."""
+the CPU's fast path (C kernels, packed weights) and through the PyTorch reference."""
 
 from __future__ import annotations
 
@@ -25,8 +25,11 @@ def test_greedy_matches_transformers(tiny_models, assert_no_leaks, monkeypatch, 
     prompts = random_token_prompts(6, vocab=380, lo=3, hi=40, seed=1)
     reference = hf_greedy(model_dir, prompts, MAX_NEW)
     llm = LLM(str(model_dir), kv_cache_memory="8MiB", max_num_batched_tokens=64)
-    packed = llm.llm_engine.runner.model.lm_head.packed is not None
+    model = llm.llm_engine.runner.model
+    packed = model.lm_head.packed is not None
     assert packed == (path == "fast" and gemm.packing_available())
+    if packed:  # the SiLU gate runs inside leaflm's GEMM wherever that GEMM exists
+        assert model.model.layers[0].mlp.gate_up_proj.packed.gated == bool(gemm.panel_width())
     params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True, logprobs=1)
     outs = llm.generate(prompts, params, use_tqdm=False)
     for out, (ref_ids, ref_lps), prompt in zip(outs, reference, prompts, strict=True):
@@ -36,6 +39,24 @@ def test_greedy_matches_transformers(tiny_models, assert_no_leaks, monkeypatch, 
         got = [comp.logprobs[i][t].logprob for i, t in enumerate(comp.token_ids)]
         assert got == pytest.approx(ref_lps, abs=1e-4)
         assert comp.finish_reason == "length"
+    assert_no_leaks(llm)
+
+
+def test_mlp_bias_matches_transformers(tiny_models, assert_no_leaks):
+    """With MLP biases the gate/up GEMM is packed plain and the activation runs on its own."""
+    model_dir = tiny_models("llama", mlp_bias=True)
+    prompts = random_token_prompts(3, vocab=380, lo=3, hi=20, seed=2)
+    reference = hf_greedy(model_dir, prompts, MAX_NEW)
+    llm = LLM(str(model_dir), kv_cache_memory="8MiB")
+    gate_up = llm.llm_engine.runner.model.model.layers[0].mlp.gate_up_proj
+    assert gate_up.packed is None or not gate_up.packed.gated
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True, logprobs=1)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    for out, (ref_ids, ref_lps) in zip(outs, reference, strict=True):
+        comp = out.outputs[0]
+        assert comp.token_ids == ref_ids
+        got = [comp.logprobs[i][t].logprob for i, t in enumerate(comp.token_ids)]
+        assert got == pytest.approx(ref_lps, abs=1e-4)
     assert_no_leaks(llm)
 
 

@@ -21,7 +21,7 @@ class VocabEmbedding(nn.Module):
 class LMHead(PackableLinear):
     """Projects hidden states to vocabulary logits; tied heads reuse the embedding weight.
 
-    Packed for oneDNN on CPU like any linear layer; a tied head then holds a packed copy and
+    Packed on CPU like any linear layer; a tied head then holds a packed copy and
     leaves the embedding's weight in place for the token lookup.
     """
 

@@ -2,8 +2,9 @@
 
 Merging the projections that read the same input turns three (or two) matmuls into one,
 which matters on CPU where each GEMM call has fixed overhead. On CPU in float32, each weight
-is packed once for oneDNN after loading (see `leaflm.kernels.cpu.gemm`), which runs small
-batches ~1.5x faster than `F.linear`; the plain copy is then dropped.
+is packed once after loading (see `leaflm.kernels.cpu.gemm`: leaflm's own GEMM where the C
+kernels have AVX-512, oneDNN's otherwise), which runs decode-sized batches 1.5-2x faster than
+`F.linear`; the plain copy is then dropped.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class PackableLinear(nn.Module):
         raise NotImplementedError
 
     def pack_cpu_weight(self) -> bool:
-        """Swap in the oneDNN-packed weight (float32 CPU only); the plain one is freed."""
+        """Swap in the packed weight (float32 CPU only); the plain one is freed."""
         w = self.plain_weight()
         if self.packed is not None or w.device.type != "cpu" or w.dtype != torch.float32:
             return False

@@ -34,7 +34,7 @@ _failure: str | None = None
 
 
 def disabled() -> bool:
-    """``LEAFLM_CPU_KERNELS=0``: no C kernels and no oneDNN packing, the plain PyTorch path."""
+    """``LEAFLM_CPU_KERNELS=0``: no C kernels and no weight packing, the plain PyTorch path."""
     return os.environ.get(DISABLE_VAR, "1").strip() == "0"
 
 

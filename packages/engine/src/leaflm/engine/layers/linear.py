@@ -42,9 +42,13 @@ class PackableLinear(nn.Module):
         w = self.plain_weight()
         if self.packed is not None or w.device.type != "cpu" or w.dtype != torch.float32:
             return False
-        self.packed = gemm.pack_weight(w)
+        self.packed = self.pack(w)
         self.drop_plain_weight()
         return True
+
+    def pack(self, weight: torch.Tensor) -> gemm.PackedWeight:
+        """The packed form this layer's forward reads (a plain linear's, unless overridden)."""
+        return gemm.pack_weight(weight)
 
     def drop_plain_weight(self) -> None:
         self.register_parameter("weight", None)
@@ -108,12 +112,6 @@ class SiluGatedLinear(MergedLinear):
             return gemm.packed_silu_and_mul(x, self.packed)
         return kernels.silu_and_mul(super().forward(x))
 
-    def pack_cpu_weight(self) -> bool:
-        w = self.weight
-        if self.packed is None and self.bias is None and w.device.type == "cpu":
-            gated = gemm.pack_gated_weight(w) if w.dtype == torch.float32 else None
-            if gated is not None:
-                self.packed = gated
-                self.drop_plain_weight()
-                return True
-        return super().pack_cpu_weight()
+    def pack(self, weight: torch.Tensor) -> gemm.PackedWeight:
+        gated = gemm.pack_gated_weight(weight) if self.bias is None else None
+        return gated if gated is not None else super().pack(weight)

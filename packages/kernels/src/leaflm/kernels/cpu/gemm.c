@@ -97,37 +97,34 @@ static inline __attribute__((always_inline)) void tile(
     }
 }
 
-static void tile_rows(
-    int mr, const float *x, int64_t ldx, const float *panel, int64_t K, const float *bias,
+/* One function per tile height, so `mr` and `gated` are constants inside each. */
+typedef void (*TileFn)(
+    int gated, const float *x, int64_t ldx, const float *panel, int64_t K, const float *bias,
     float *out, int64_t ldo, int cols
-) {
-    switch (mr) {
-    case 8: tile(8, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
-    case 7: tile(7, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
-    case 6: tile(6, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
-    case 5: tile(5, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
-    case 4: tile(4, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
-    case 3: tile(3, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
-    case 2: tile(2, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
-    default: tile(1, 0, x, ldx, panel, K, bias, out, ldo, cols); break;
-    }
-}
+);
 
-static void gated_tile_rows(
-    int mr, const float *x, int64_t ldx, const float *panel, int64_t K, float *out, int64_t ldo,
-    int cols
-) {
-    switch (mr) {
-    case 8: tile(8, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
-    case 7: tile(7, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
-    case 6: tile(6, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
-    case 5: tile(5, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
-    case 4: tile(4, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
-    case 3: tile(3, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
-    case 2: tile(2, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
-    default: tile(1, 1, x, ldx, panel, K, NULL, out, ldo, cols); break;
+#define TILE_FOR(ROWS)                                                                         \
+    static void tile_##ROWS(                                                                   \
+        int gated, const float *x, int64_t ldx, const float *panel, int64_t K,                 \
+        const float *bias, float *out, int64_t ldo, int cols                                   \
+    ) {                                                                                        \
+        if (gated)                                                                             \
+            tile(ROWS, 1, x, ldx, panel, K, NULL, out, ldo, cols);                             \
+        else                                                                                   \
+            tile(ROWS, 0, x, ldx, panel, K, bias, out, ldo, cols);                             \
     }
-}
+TILE_FOR(1)
+TILE_FOR(2)
+TILE_FOR(3)
+TILE_FOR(4)
+TILE_FOR(5)
+TILE_FOR(6)
+TILE_FOR(7)
+TILE_FOR(8)
+
+static const TileFn tiles[MR + 1] = {
+    NULL, tile_1, tile_2, tile_3, tile_4, tile_5, tile_6, tile_7, tile_8,
+};
 
 /* (row block, panel) items handed to the threads as they come free; `width` output columns
  * per panel. */
@@ -148,11 +145,8 @@ static void gemm_panels(
         float *o = out + p * width;
         for (int64_t m = m0; m < m1; m += MR) {
             const int mr = m1 - m < MR ? (int)(m1 - m) : MR;
-            if (gated)
-                gated_tile_rows(mr, x + m * ldx, ldx, panel, K, o + m * ldo, ldo, cols);
-            else
-                tile_rows(mr, x + m * ldx, ldx, panel, K, bias ? bias + p * NR : NULL,
-                          o + m * ldo, ldo, cols);
+            tiles[mr](gated, x + m * ldx, ldx, panel, K, bias ? bias + p * NR : NULL,
+                      o + m * ldo, ldo, cols);
         }
     }
 }

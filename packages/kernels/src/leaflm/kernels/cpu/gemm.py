@@ -73,9 +73,7 @@ def pack_weight(weight: torch.Tensor) -> PackedWeight:
     width = panel_width()
     w = weight.detach()
     if width:
-        panels = -(-out_features // width)
-        padded = F.pad(w, (0, 0, 0, panels * width - out_features))
-        data = padded.view(panels, width, in_features).transpose(1, 2).contiguous()
+        data = _panels(w, width).transpose(1, 2).contiguous()
     else:
         data = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), BATCH_HINT)
     hugepages.advise_tensor(data)  # every decode step streams all weights: spare the TLB
@@ -91,15 +89,18 @@ def pack_gated_weight(weight: torch.Tensor) -> PackedWeight | None:
     rows, in_features = weight.shape
     if not width or rows % 2:
         return None
-    half, out_features = width // 2, rows // 2
-    panels = -(-out_features // half)
-    gate, up = (
-        F.pad(w, (0, 0, 0, panels * half - out_features)).view(panels, half, in_features)
-        for w in weight.detach().chunk(2)
-    )
+    gate, up = (_panels(w, width // 2) for w in weight.detach().chunk(2))
     data = torch.cat([gate, up], dim=1).transpose(1, 2).contiguous()
     hugepages.advise_tensor(data)
-    return PackedWeight(data, out_features, in_features, width, gated=True)
+    return PackedWeight(data, rows // 2, in_features, width, gated=True)
+
+
+def _panels(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """``[out, in]`` as ``[panels, rows, in]``, zero rows added to fill the last panel."""
+    out_features, in_features = weight.shape
+    panels = -(-out_features // rows)
+    padded = F.pad(weight, (0, 0, 0, panels * rows - out_features))
+    return padded.view(panels, rows, in_features)
 
 
 def packed_silu_and_mul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:

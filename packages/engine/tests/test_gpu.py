@@ -15,19 +15,16 @@ pytestmark = [
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
-def test_cuda_float32_greedy_matches_transformers(tiny_models, assert_no_leaks, arch):
+def test_cuda_float32_greedy_matches_transformers(
+    tiny_models, assert_greedy_parity, assert_no_leaks, arch
+):
     model_dir = tiny_models(arch)
     prompts = random_token_prompts(6, vocab=380, lo=3, hi=40, seed=1)
     reference = hf_greedy(model_dir, prompts, 12)
     llm = LLM(str(model_dir), device="cuda", dtype="float32", gpu_memory_utilization=0.3)
     assert llm.llm_engine.block_manager.num_blocks > 100
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=1)
-    outs = llm.generate(prompts, params, use_tqdm=False)
-    for out, (ref_ids, ref_lps) in zip(outs, reference, strict=True):
-        comp = out.outputs[0]
-        assert comp.token_ids == ref_ids
-        got = [comp.logprobs[i][t].logprob for i, t in enumerate(comp.token_ids)]
-        assert got == pytest.approx(ref_lps, abs=2e-3)
+    assert_greedy_parity(llm.generate(prompts, params, use_tqdm=False), reference, tol=2e-3)
     assert_no_leaks(llm)
 
 

@@ -42,7 +42,7 @@ def test_greedy_matches_transformers(tiny_models, assert_no_leaks, monkeypatch, 
     assert_no_leaks(llm)
 
 
-def test_mlp_bias_matches_transformers(tiny_models, assert_no_leaks):
+def test_mlp_bias_matches_transformers(tiny_models, assert_greedy_parity, assert_no_leaks):
     """With MLP biases the gate/up GEMM is packed plain and the activation runs on its own."""
     model_dir = tiny_models("llama", mlp_bias=True)
     prompts = random_token_prompts(3, vocab=380, lo=3, hi=20, seed=2)
@@ -51,12 +51,7 @@ def test_mlp_bias_matches_transformers(tiny_models, assert_no_leaks):
     gate_up = llm.llm_engine.runner.model.model.layers[0].mlp.gate_up_proj
     assert gate_up.packed is None or not gate_up.packed.gated
     params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True, logprobs=1)
-    outs = llm.generate(prompts, params, use_tqdm=False)
-    for out, (ref_ids, ref_lps) in zip(outs, reference, strict=True):
-        comp = out.outputs[0]
-        assert comp.token_ids == ref_ids
-        got = [comp.logprobs[i][t].logprob for i, t in enumerate(comp.token_ids)]
-        assert got == pytest.approx(ref_lps, abs=1e-4)
+    assert_greedy_parity(llm.generate(prompts, params, use_tqdm=False), reference)
     assert_no_leaks(llm)
 
 
@@ -74,7 +69,7 @@ def test_mlp_bias_matches_transformers(tiny_models, assert_no_leaks):
         },
     ],
 )
-def test_rope_scaling_from_config(tiny_models, rope):
+def test_rope_scaling_from_config(tiny_models, assert_greedy_parity, rope):
     model_dir = tiny_models("llama", rope_parameters=rope)
     saved = json.loads((model_dir / "config.json").read_text())
     assert (saved.get("rope_parameters") or saved.get("rope_scaling"))["rope_type"] == rope[
@@ -84,10 +79,4 @@ def test_rope_scaling_from_config(tiny_models, rope):
     reference = hf_greedy(model_dir, prompts, 8)
     llm = LLM(str(model_dir))
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=0)
-    for out, (ref_ids, ref_lps) in zip(
-        llm.generate(prompts, params, use_tqdm=False), reference, strict=True
-    ):
-        comp = out.outputs[0]
-        assert comp.token_ids == ref_ids
-        got = [comp.logprobs[i][t].logprob for i, t in enumerate(comp.token_ids)]
-        assert got == pytest.approx(ref_lps, abs=1e-4)
+    assert_greedy_parity(llm.generate(prompts, params, use_tqdm=False), reference)

@@ -32,21 +32,6 @@ def llama_dir(tiny_models) -> Path:
 
 
 @pytest.fixture
-def assert_greedy_parity():
-    """`assert_greedy_parity(outs, reference, tol)`: each completion's token ids equal the
-    `hf_greedy` reference's, and the logprob of each chosen token is within `tol` of HF's."""
-
-    def check(outs, reference, tol: float = 1e-4) -> None:
-        for out, (ref_ids, ref_lps) in zip(outs, reference, strict=True):
-            comp = out.outputs[0]
-            assert comp.token_ids == ref_ids
-            got = [comp.logprobs[i][t].logprob for i, t in enumerate(comp.token_ids)]
-            assert got == pytest.approx(ref_lps, abs=tol)
-
-    return check
-
-
-@pytest.fixture
 def assert_no_leaks():
     """`assert_no_leaks(llm_or_async_llm)`: every KV block free, every queue empty."""
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from leaflm.engine import LLM, SamplingParams
-from leaflm.engine.testing import hf_greedy, random_token_prompts
+from leaflm.engine.testing import assert_greedy_parity, hf_greedy, random_token_prompts
 
 pytestmark = [
     pytest.mark.gpu,
@@ -15,9 +15,7 @@ pytestmark = [
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
-def test_cuda_float32_greedy_matches_transformers(
-    tiny_models, assert_greedy_parity, assert_no_leaks, arch
-):
+def test_cuda_float32_greedy_matches_transformers(tiny_models, assert_no_leaks, arch):
     model_dir = tiny_models(arch)
     prompts = random_token_prompts(6, vocab=380, lo=3, hi=40, seed=1)
     reference = hf_greedy(model_dir, prompts, 12)

@@ -18,7 +18,7 @@ from safetensors.numpy import load_file, save_file
 
 from leaflm.engine import LLM, SamplingParams
 from leaflm.engine.layers.rope_settings import rope_settings
-from leaflm.engine.testing import hf_greedy, random_token_prompts
+from leaflm.engine.testing import assert_greedy_parity, hf_greedy, random_token_prompts
 
 PROMPTS = random_token_prompts(3, vocab=380, lo=3, hi=30, seed=3)
 
@@ -27,13 +27,7 @@ def _same_as_transformers(reference_dir, leaflm_dir) -> None:
     reference = hf_greedy(reference_dir, PROMPTS, 8)
     llm = LLM(str(leaflm_dir), kv_cache_memory="2MiB")
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=1)
-    for out, (ref_ids, ref_lps) in zip(
-        llm.generate(PROMPTS, params, use_tqdm=False), reference, strict=True
-    ):
-        comp = out.outputs[0]
-        assert comp.token_ids == ref_ids
-        got = [comp.logprobs[i][t].logprob for i, t in enumerate(comp.token_ids)]
-        assert got == pytest.approx(ref_lps, abs=1e-4)
+    assert_greedy_parity(llm.generate(PROMPTS, params, use_tqdm=False), reference)
 
 
 def _copy(src, dst):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from leaflm.engine import LLM, SamplingParams
-from leaflm.engine.testing import hf_greedy, random_token_prompts
+from leaflm.engine.testing import assert_greedy_parity, hf_greedy, random_token_prompts
 
 MAX_NEW = 10
 
@@ -39,12 +39,8 @@ def check_parity(model_dir, prompts, max_num_batched_tokens: int = 24) -> None:
     llm = LLM(str(model_dir), kv_cache_memory="4MiB", max_num_batched_tokens=max_num_batched_tokens)
     params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True, logprobs=1)
     outs = llm.generate(prompts, params, use_tqdm=False)
-    for out, (ref_ids, ref_lps), prompt in zip(outs, reference, prompts, strict=True):
-        comp = out.outputs[0]
-        assert out.prompt_token_ids == prompt
-        assert comp.token_ids == ref_ids, f"prompt of {len(prompt)} tokens"
-        got = [comp.logprobs[i][t].logprob for i, t in enumerate(comp.token_ids)]
-        assert got == pytest.approx(ref_lps, abs=1e-4)
+    assert [out.prompt_token_ids for out in outs] == prompts
+    assert_greedy_parity(outs, reference)
     engine = llm.llm_engine
     assert engine.stats().num_blocks_free == engine.stats().num_blocks_total
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from leaflm.engine import LLM, SamplingParams
-from leaflm.engine.testing import hf_greedy, random_token_prompts
+from leaflm.engine.testing import assert_greedy_parity, hf_greedy, random_token_prompts
 from leaflm.kernels.cpu import gemm
 
 MAX_NEW = 12
@@ -32,17 +32,13 @@ def test_greedy_matches_transformers(tiny_models, assert_no_leaks, monkeypatch, 
         assert model.model.layers[0].mlp.gate_up_proj.packed.gated == bool(gemm.panel_width())
     params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True, logprobs=1)
     outs = llm.generate(prompts, params, use_tqdm=False)
-    for out, (ref_ids, ref_lps), prompt in zip(outs, reference, prompts, strict=True):
-        comp = out.outputs[0]
-        assert out.prompt_token_ids == prompt
-        assert comp.token_ids == ref_ids
-        got = [comp.logprobs[i][t].logprob for i, t in enumerate(comp.token_ids)]
-        assert got == pytest.approx(ref_lps, abs=1e-4)
-        assert comp.finish_reason == "length"
+    assert [out.prompt_token_ids for out in outs] == prompts
+    assert_greedy_parity(outs, reference)
+    assert all(out.outputs[0].finish_reason == "length" for out in outs)
     assert_no_leaks(llm)
 
 
-def test_mlp_bias_matches_transformers(tiny_models, assert_greedy_parity, assert_no_leaks):
+def test_mlp_bias_matches_transformers(tiny_models, assert_no_leaks):
     """With MLP biases the gate/up GEMM is packed plain and the activation runs on its own."""
     model_dir = tiny_models("llama", mlp_bias=True)
     prompts = random_token_prompts(3, vocab=380, lo=3, hi=20, seed=2)
@@ -69,7 +65,7 @@ def test_mlp_bias_matches_transformers(tiny_models, assert_greedy_parity, assert
         },
     ],
 )
-def test_rope_scaling_from_config(tiny_models, assert_greedy_parity, rope):
+def test_rope_scaling_from_config(tiny_models, rope):
     model_dir = tiny_models("llama", rope_parameters=rope)
     saved = json.loads((model_dir / "config.json").read_text())
     assert (saved.get("rope_parameters") or saved.get("rope_scaling"))["rope_type"] == rope[

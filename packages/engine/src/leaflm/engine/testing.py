@@ -399,3 +399,19 @@ def hf_greedy(
                 ids.append(tok)
             results.append((out, lps))
     return results
+
+
+def assert_greedy_parity(
+    outputs: list[Any], reference: list[tuple[list[int], list[float]]], tol: float = 1e-4
+) -> None:
+    """Each completion's token ids equal the `hf_greedy` reference's, and the logprob of each
+    chosen token (the request asked for logprobs) is within `tol` of HF's."""
+    for n, (out, (ref_ids, ref_lps)) in enumerate(zip(outputs, reference, strict=True)):
+        comp = out.outputs[0]
+        where = f"request {n} ({len(out.prompt_token_ids)} prompt tokens)"
+        if comp.token_ids != ref_ids:  # raised, not asserted: this holds under `python -O` too
+            raise AssertionError(f"{where}: {comp.token_ids} != HF's {ref_ids}")
+        got = [comp.logprobs[i][t].logprob for i, t in enumerate(comp.token_ids)]
+        worst = max((abs(a - b) for a, b in zip(got, ref_lps, strict=True)), default=0.0)
+        if worst > tol:
+            raise AssertionError(f"{where}: a chosen token's logprob is {worst:.2e} off HF's")

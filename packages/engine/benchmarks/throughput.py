@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import leaflm.engine  # noqa: F401  (first: its OpenMP default must precede torch's import)
+from leaflm.kernels.cpu import gemm
 
 SMOLLM_SHAPE = {
     "hidden_size": 576,
@@ -101,7 +102,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
-        "cpu_linear": cpu_linear_backend(),
+        "cpu_linear": gemm.linear_backend(),
     }
     if args.json:
         print(json.dumps(result))
@@ -111,15 +112,6 @@ def main() -> None:
             f"{result['output_tok_s']} output tok/s ({result['total_tok_s']} total tok/s, "
             f"{result['threads']} threads)"
         )
-
-
-def cpu_linear_backend() -> str:
-    """Which GEMM a float32 CPU engine's linear layers use here."""
-    from leaflm.kernels.cpu import gemm
-
-    if not gemm.packing_available():
-        return "F.linear"
-    return "leaflm" if gemm.panel_width() else "oneDNN"
 
 
 if __name__ == "__main__":

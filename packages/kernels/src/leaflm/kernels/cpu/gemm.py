@@ -4,8 +4,8 @@
 dozen rows (a decode batch) that repacking is a large share of the work. So each float32
 weight is packed once after loading, into one of two layouts:
 
-- leaflm's own panels (``gemm.c``), where the C kernels are built with AVX-512: each thread
-  streams its half of the weight once for all rows. A SmolLM-135M decode step's 120 layer
+- leaflm's own panels (``gemm.c``), where the C kernels are built with AVX-512: the threads
+  take panels as they come free and stream each from memory once for all rows. A SmolLM-135M decode step's 120 layer
   GEMMs (64 rows, weights cold) took ~65 ms against ~78 ms with oneDNN's packed matmul, and
   a 2048-row prefill chunk ~1.95 s against ~2.0 s, on the 2-core dev machine.
 - oneDNN's blocked layout otherwise (``mkldnn::_reorder_linear_weight`` /
@@ -49,6 +49,13 @@ def panel_width() -> int:
         return 0
     lib = build.library()
     return int(lib.leaflm_gemm_panel_width()) if lib is not None else 0
+
+
+def linear_backend() -> str:
+    """Which GEMM a float32 CPU engine's linear layers use here: leaflm, oneDNN or F.linear."""
+    if not packing_available():
+        return "F.linear"
+    return "leaflm" if panel_width() else "oneDNN"
 
 
 @functools.cache
@@ -107,15 +114,7 @@ def packed_silu_and_mul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
     """``silu(x @ Wg.T) * (x @ Wu.T)`` in one pass, for a weight from :func:`pack_gated_weight`."""
     if not packed.gated:
         raise ValueError("packed_silu_and_mul takes a weight packed by pack_gated_weight")
-    rows = _float32_rows(x, packed)
-    n = packed.out_features
-    out = torch.empty((rows.shape[0], n), dtype=torch.float32)
-    if rows.shape[0]:
-        _silu_mul()(
-            rows.data_ptr(), rows.stride(0), packed.data.data_ptr(), out.data_ptr(), n,
-            rows.shape[0], n, packed.in_features, torch.get_num_threads(),
-        )  # fmt: skip
-    return out.view(*x.shape[:-1], n)
+    return _leaflm_gemm(x, packed, None)
 
 
 def packed_linear(
@@ -128,15 +127,25 @@ def packed_linear(
         return out.view(*x.shape[:-1], out.shape[-1])
     if packed.gated:
         raise ValueError("a gated weight goes through packed_silu_and_mul")
+    return _leaflm_gemm(x, packed, bias)
+
+
+def _leaflm_gemm(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    """Run leaflm's GEMM (the gated one for a gated weight, which takes no bias) over ``x``."""
     rows = _float32_rows(x, packed)
     n = packed.out_features
     out = torch.empty((rows.shape[0], n), dtype=torch.float32)
-    if rows.shape[0]:
+    m, k, threads = rows.shape[0], packed.in_features, torch.get_num_threads()
+    if m and packed.gated:
+        _silu_mul()(
+            rows.data_ptr(), rows.stride(0), packed.data.data_ptr(), out.data_ptr(), n,
+            m, n, k, threads,
+        )  # fmt: skip
+    elif m:
         b = None if bias is None else bias.contiguous()
         _gemm()(
             rows.data_ptr(), rows.stride(0), packed.data.data_ptr(),
-            None if b is None else b.data_ptr(), out.data_ptr(), n,
-            rows.shape[0], n, packed.in_features, torch.get_num_threads(),
+            None if b is None else b.data_ptr(), out.data_ptr(), n, m, n, k, threads,
         )  # fmt: skip
     return out.view(*x.shape[:-1], n)
 

@@ -162,6 +162,8 @@ def validate_tgi(gw: Gateway, p: GenerateParameters) -> None:
         raise bad_request(
             f"best_of must be in [1, {TGI_MAX_BEST_OF}], got {p.best_of}", param="best_of"
         )
+    if p.best_of is not None and p.best_of > 1 and p.seed is not None:
+        raise bad_request("seed must not be set when best_of > 1", param="seed")
     check_stop(gw, p.stop)
     if p.max_new_tokens is not None and p.max_new_tokens < 1:
         raise bad_request(f"max_new_tokens must be >= 1, got {p.max_new_tokens}", "max_new_tokens")
@@ -173,8 +175,9 @@ TGI_MAX_BEST_OF = 8
 def tgi_params(p: GenerateParameters, max_new_tokens: int, seed: int | None) -> Any:
     """TGI semantics: always report the sampled token's logprob (TGI tokens carry it).
 
-    best_of runs as n candidates (the route picks the best and reports the others as
-    `best_of_sequences`); `seed` is the one the route chose when sampling without one.
+    best_of runs as that many requests, each with its own seed (the route picks the best and
+    reports the others as `best_of_sequences`); `seed` is the one the route chose when
+    sampling without one, so that it can be reported.
     """
     if p.temperature is not None and p.temperature <= 0:
         raise bad_request(
@@ -189,7 +192,7 @@ def tgi_params(p: GenerateParameters, max_new_tokens: int, seed: int | None) -> 
     check_logprobs(p.top_n_tokens, "top_n_tokens")
     sampling = p.do_sample or any(v is not None for v in (p.temperature, p.top_k, p.top_p))
     kwargs: dict[str, Any] = {
-        "n": p.best_of if p.best_of and p.best_of > 1 else 1,
+        "n": 1,
         "temperature": (p.temperature if p.temperature is not None else 1.0) if sampling else 0.0,
         "top_p": p.top_p if p.top_p is not None else 1.0,
         "top_k": p.top_k if p.top_k is not None else -1,
@@ -202,7 +205,7 @@ def tgi_params(p: GenerateParameters, max_new_tokens: int, seed: int | None) -> 
         "prompt_logprobs": 0 if p.decoder_input_details else None,
         "output_kind": "delta",
     }
-    if kwargs["n"] > 1 and not sampling:
+    if (p.best_of or 1) > 1 and not sampling:
         raise bad_request("best_of > 1 requires sampling (do_sample=true)", param="best_of")
     return make_params(**kwargs)
 

@@ -99,8 +99,9 @@ class Gateway:
         self.metrics.in_flight.set(self.admission.in_flight)
 
 
-ANY_MODEL = frozenset({"tgi"})
-"""Placeholder model names TGI clients send; TGI serves one model and ignores the field."""
+ANY_MODEL = frozenset({"tgi", "dummy"})
+"""Placeholder model names TGI clients send (huggingface_hub: "tgi", later "dummy"); TGI
+serves one model and ignores the field."""
 
 
 def max_token_bytes(tokenizer: Any) -> int:

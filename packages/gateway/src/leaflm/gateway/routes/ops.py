@@ -27,12 +27,14 @@ from leaflm.gateway.state import Gateway, gateway_of
 router = APIRouter()
 
 
-@router.api_route(
-    "/health",
-    methods=["GET", "HEAD"],
-    response_model=HealthResponse,
-    responses={503: {"model": HealthResponse, "description": "Loading or shutting down"}},
-)
+_HEALTH = {
+    "response_model": HealthResponse,
+    "responses": {503: {"model": HealthResponse, "description": "Loading or shutting down"}},
+}
+
+
+@router.get("/health", **_HEALTH)  # type: ignore[arg-type]
+@router.head("/health", operation_id="health_head", **_HEALTH)  # type: ignore[arg-type]
 async def health(request: Request) -> Response:
     """200 when the engine can take requests, 503 while loading or shutting down."""
     gw = gateway_of(request)

@@ -101,9 +101,9 @@ def _sampling(p: GenerateParameters) -> bool:
 
 async def _prepare(
     gw: Gateway, body: GenerateRequest
-) -> tuple[Prompt, GenerateParameters, Any, int | None]:
-    """(prompt, parameters, SamplingParams, seed): the seed is chosen here when sampling
-    without one, so the response can report it as TGI does."""
+) -> tuple[Prompt, GenerateParameters, list[Any], list[int | None]]:
+    """(prompt, parameters, SamplingParams and seed per candidate): seeds are chosen here
+    when sampling without one, so the response can report each as TGI does."""
     p = body.parameters or GenerateParameters()
     validate_tgi(gw, p)
     check_prompt_size(gw, body.inputs, param="inputs")
@@ -116,21 +116,26 @@ async def _prepare(
         room = gw.max_model_len - len(prompt.token_ids)
         requested = min(gw.settings.tgi_default_max_new_tokens, max(room, 1))
     max_new = check_max_tokens(requested, len(prompt.token_ids), gw.max_model_len, "max_new_tokens")
-    seed = p.seed if p.seed is not None or not _sampling(p) else secrets.randbits(63)
-    return prompt, p, tgi_params(p, max_new, seed), seed
+    seeds: list[int | None] = [p.seed]
+    if p.seed is None and _sampling(p):
+        seeds = [secrets.randbits(63) for _ in range(max(p.best_of or 1, 1))]
+    return prompt, p, [tgi_params(p, max_new, s) for s in seeds], seeds
 
 
 async def _generate(gw: Gateway, body: GenerateRequest) -> dict:
-    prompt, p, params, seed = await _prepare(gw, body)
-    results = await collect(gw, [prompt], [params], new_id("tgi"))
-    r = results[0]
+    prompt, p, params, seeds = await _prepare(gw, body)
+    results = await collect(gw, [prompt] * len(params), params, new_id("tgi"))
     # best_of: candidates by total logprob, as TGI picks them; the others are reported.
-    best, *others = sorted(r.ordered(), key=lambda c: -(c.cumulative_logprob or 0.0))
+    ranked = sorted(
+        ((r, r.ordered()[0], seed) for r, seed in zip(results, seeds, strict=True)),
+        key=lambda rcs: -(rcs[1].cumulative_logprob or 0.0),
+    )
+    (r, best, seed), others = ranked[0], ranked[1:]
     prefix = prompt.text if p.return_full_text else ""
     details = _details(gw, p, r, best, seed) if p.details else None
-    if details is not None and p.best_of and p.best_of > 1:
+    if details is not None and len(ranked) > 1:
         details["best_of_sequences"] = [
-            {"generated_text": prefix + c.text, **_details(gw, p, r, c, seed)} for c in others
+            {"generated_text": prefix + c.text, **_details(gw, p, rr, c, s)} for rr, c, s in others
         ]
     return {"generated_text": prefix + best.text, "details": details}
 
@@ -176,9 +181,9 @@ async def _stream(gw: Gateway, body: GenerateRequest) -> tuple[AsyncIterator[str
     best_of = body.parameters.best_of if body.parameters else None
     if best_of is not None and best_of > 1:
         raise bad_request("best_of > 1 is not supported when streaming tokens", param="best_of")
-    prompt, p, params, seed = await _prepare(gw, body)
-    outputs = await first_or_400(run(gw, [prompt], [params], new_id("tgi")))
-    return _events(gw, prompt, p, seed, outputs), None
+    prompt, p, params, seeds = await _prepare(gw, body)
+    outputs = await first_or_400(run(gw, [prompt], params, new_id("tgi")))
+    return _events(gw, prompt, p, seeds[0], outputs), None
 
 
 async def _generate_list(gw: Gateway, body: GenerateRequest) -> list[dict]:

@@ -19,6 +19,15 @@ logger = logging.getLogger("leaflm.gateway")
 
 TGI_PATHS = ("/", "/generate", "/generate_stream")
 
+UNSUPPORTED = frozenset(
+    {"logit_bias", "response_format", "tools", "tool_choice", "functions", "function_call",
+     "parallel_tool_calls", "use_beam_search", "structured_outputs", "guided_json",
+     "guided_regex", "guided_choice", "guided_grammar", "suffix",
+     "typical_p", "grammar", "adapter_id", "watermark"}
+)  # fmt: skip
+"""Parameters leaflm knows and does not implement (typed `null` in the request schemas):
+setting one is a 400 (TGI: 422) that names it, never a silently ignored field."""
+
 _OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
@@ -118,6 +127,8 @@ def describe_validation(exc: RequestValidationError) -> APIError:
         parts.append(f"{field}: {err.get('msg', 'invalid value')}")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = loc[0] if loc else None
+    if loc and loc[-1] in UNSUPPORTED:  # documented as null: say why, not "should be None"
+        return bad_request(f"{loc[-1]} is not supported by leaflm", param=loc[-1])
     if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
         return bad_request("Request body must be a JSON object: " + "; ".join(parts))
     return bad_request("; ".join(parts), param=param)

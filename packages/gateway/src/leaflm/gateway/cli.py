@@ -75,6 +75,13 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from leaflm.gateway.port_check import address_problem
+
+    problem = address_problem(args.host, args.port)  # before minutes of model loading
+    if problem:
+        print(f"leaflm serve: {problem}", file=sys.stderr)
+        return 2
+
     import uvicorn
 
     from leaflm.engine import AsyncLLM

@@ -37,6 +37,7 @@ class ModelRunner:
         self.model.eval()
         if self.device.type == "cpu":
             pack_for_cpu(self.model)
+            malloc_tuning.release_free_heap()  # the freed plain weights' holes
             malloc_tuning.retain_freed_memory()  # activations are re-allocated every layer
         self.kv: KVCache | None = None
         self.block_size = 16

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import gguf
@@ -262,6 +264,20 @@ def test_copies_of_one_file_in_two_venvs_share_one_entry(tiny_llama, tmp_path, m
 
     monkeypatch.setattr(cache, "sha256_file", no_convert)
     assert gguf_cache_dir(venv_a) == gguf_cache_dir(venv_b) == first
+
+
+def test_cli_says_it_converts_with_a_progress_bar(tiny_llama, tmp_path):
+    gguf_file = write_tiny_gguf(tiny_llama, tmp_path / "tiny.gguf")
+    cmd = [sys.executable, "-m", "leaflm.engine.cli", "generate", "a", "--model", str(gguf_file),
+           "--max-tokens", "2"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # LEAFLM_CACHE_DIR: this test's (fixture)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"leaflm: converting tiny.gguf to float32 into {tmp_path / 'cache' / 'gguf'}" in (
+        proc.stderr
+    )
+    assert "Converting tiny.gguf: 100%" in proc.stderr  # the tqdm bar
+    assert "leaflm: converted in" in proc.stderr and "leaflm: ready in" in proc.stderr
 
 
 def test_cache_command_lists_and_clears_entries(tiny_llama, tmp_path, capsys):

@@ -9,6 +9,7 @@ argparse subparsers object and registers its command with `set_defaults(func=...
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from importlib.metadata import entry_points
 
@@ -91,7 +92,20 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
 
 
+def show_startup_progress() -> None:
+    """Print the engine's start-up phases on stderr (stdout keeps only the generated text)."""
+    log = logging.getLogger("leaflm")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("leaflm: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    log.info("importing torch and transformers")
+
+
 def _run_generate(args: argparse.Namespace) -> int:
+    show_startup_progress()
     from leaflm.engine import LLM, SamplingParams
 
     llm = LLM(model=args.model)
@@ -104,6 +118,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _run_chat(args: argparse.Namespace) -> int:
+    show_startup_progress()
     from leaflm.engine import LLM, SamplingParams
 
     llm = LLM(model=args.model)

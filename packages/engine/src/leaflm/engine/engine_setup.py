@@ -28,7 +28,9 @@ def load_model_config(args: EngineArgs) -> tuple[ModelConfig, Any, frozenset[int
     """(ModelConfig, tokenizer, EOS token ids) for `args.model`."""
     from transformers import AutoTokenizer, GenerationConfig
 
+    logger.info("resolving model %s", args.model or "(the embedded default)")
     path = resolve_model_path(args.model)
+    logger.info("loading config and tokenizer from %s", path)
     hf_config = load_hf_config(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     device = args.resolve_device()

@@ -10,7 +10,7 @@ that looks complete but is not.
 
 Layout under `cache_root()` (`$LEAFLM_CACHE_DIR`, else e.g. `~/.cache/leaflm` on Linux):
 `gguf/<key>/` per converted model (its `leaflm_gguf.json` names the source), `hashes/` the remembered digests, `models/` GGUF
-files assembled from chunked packages. `leaflm cache info` lists it, `leaflm cache clear`
+files assembled from chunked packages, `cpu-kernels/` the compiled C kernels (leaflm.kernels). `leaflm cache info` lists it, `leaflm cache clear`
 empties it.
 """
 
@@ -125,6 +125,9 @@ def cache_entries() -> list[tuple[Path, int, str]]:
         found.append((entry, _size(entry), what))
     for entry in sorted((root / "models").glob("*")) if (root / "models").is_dir() else []:
         found.append((entry, _size(entry), "assembled GGUF file"))
+    kernels = root / "cpu-kernels"  # leaflm.kernels.cpu.build's compiled C kernels
+    for entry in sorted(kernels.glob("*")) if kernels.is_dir() else []:
+        found.append((entry, _size(entry), "compiled CPU kernels"))
     if (root / "hashes").is_dir():
         found.append((root / "hashes", _size(root / "hashes"), "remembered file digests"))
     return found

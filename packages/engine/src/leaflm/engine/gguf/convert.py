@@ -21,6 +21,7 @@ from leaflm.engine.gguf.config import build_config
 from leaflm.engine.gguf.file import GGUFError, GGUFFile
 from leaflm.engine.gguf.tensors import iter_hf_tensors
 from leaflm.engine.gguf.tokenizer import write_tokenizer
+from leaflm.kernels.cpu import malloc_tuning
 
 MAX_SHARD_BYTES = 2 * 1024**3
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def convert_gguf(gguf_path: str | Path, *, progress: bool = True) -> Path:
             },
         )
         logger.info("converted in %.1f s", time.perf_counter() - start)
+        malloc_tuning.release_free_heap()  # the dequantized tensors' memory, now on disk
         return publish(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -19,6 +19,15 @@ logger = logging.getLogger("leaflm.gateway")
 
 TGI_PATHS = ("/", "/generate", "/generate_stream")
 
+UNSUPPORTED = frozenset(
+    {"logit_bias", "response_format", "tools", "tool_choice", "functions", "function_call",
+     "parallel_tool_calls", "use_beam_search", "structured_outputs", "guided_json",
+     "guided_regex", "guided_choice", "guided_grammar", "suffix",
+     "typical_p", "grammar", "adapter_id", "watermark"}
+)  # fmt: skip
+"""Parameters leaflm knows and does not implement (typed `null` in the request schemas):
+setting one is a 400 (TGI: 422) that names it, never a silently ignored field."""
+
 _OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
@@ -32,6 +41,7 @@ _OPENAI_TYPES = {
 _TGI_TYPES = {
     400: "validation",
     401: "authentication",
+    413: "validation",
     404: "not_found",
     429: "overloaded",
     500: "generation",
@@ -92,8 +102,10 @@ def error_body(path: str, err: APIError) -> tuple[int, dict[str, Any]]:
 
 def error_response(path: str, err: APIError) -> JSONResponse:
     status, body = error_body(path, err)
-    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="leaflm"'
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 def describe_validation(exc: RequestValidationError) -> APIError:
@@ -115,6 +127,8 @@ def describe_validation(exc: RequestValidationError) -> APIError:
         parts.append(f"{field}: {err.get('msg', 'invalid value')}")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = loc[0] if loc else None
+    if loc and loc[-1] in UNSUPPORTED:  # documented as null: say why, not "should be None"
+        return bad_request(f"{loc[-1]} is not supported by leaflm", param=loc[-1])
     if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
         return bad_request("Request body must be a JSON object: " + "; ".join(parts))
     return bad_request("; ".join(parts), param=param)
@@ -141,5 +155,10 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s", request.url.path)
-        err = APIError(500, f"Internal server error: {type(exc).__name__}: {exc}")
+        text = str(exc)
+        if isinstance(exc, MemoryError) or "allocate memory" in text or "out of memory" in text:
+            # This request's allocation failed; the server lives on.
+            err = APIError(503, "Not enough memory for this request; retry smaller.")
+        else:  # the log has the details; the client gets no internals
+            err = APIError(500, f"Internal server error ({type(exc).__name__}).")
         return error_response(request.url.path, err)

@@ -1,76 +1,109 @@
 """OpenAI request and response bodies, shaped as the official API sends them.
 
 Requests accept vLLM's sampling extras (top_k, min_p, ...) and ignore unknown fields, so
-clients written for OpenAI or vLLM work unchanged. Field constraints here only catch
-wrong types; value ranges are checked by `SamplingParams` and reported as 400s.
+clients written for OpenAI or vLLM work unchanged. Field types are strict (no booleans as
+numbers, no NaN); value ranges are checked by `SamplingParams` and the gateway's limits and
+reported as 400s. Response models document what each route returns.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from leaflm.gateway.schemas.types import (
+    Int,
+    NonEmptyStr,
+    Num,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TokenId,
+    Unsupported,
+)
+
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class SamplingExtras(BaseModel):
     """Fields shared by completions and chat requests."""
 
-    model: str | None = None
-    n: int = 1
-    best_of: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    stream: bool = False
+    model: StrictStr | None = None
+    n: Int(ge=1) = 1  # type: ignore[valid-type]
+    best_of: Int(ge=1) | None = None  # type: ignore[valid-type]
+    temperature: Num(ge=0) | None = None  # type: ignore[valid-type]
+    top_p: Num(gt=0, le=1) | None = None  # type: ignore[valid-type]
+    stop: NonEmptyStr | list[NonEmptyStr] | None = None
+    seed: StrictInt | None = None
+    presence_penalty: Num(ge=-2, le=2) = 0.0  # type: ignore[valid-type]
+    frequency_penalty: Num(ge=-2, le=2) = 0.0  # type: ignore[valid-type]
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: StrictStr | None = None
     # vLLM extras
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    ignore_eos: bool = False
-    min_tokens: int = 0
-    stop_token_ids: list[int] | None = None
-    skip_special_tokens: bool = True
-    return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:<id>" (vLLM)
+    top_k: Int(ge=-1) | None = None  # type: ignore[valid-type]  # 0 and -1: no top-k
+    min_p: Num(ge=0, le=1) | None = None  # type: ignore[valid-type]
+    repetition_penalty: Num(gt=0) | None = None  # type: ignore[valid-type]
+    ignore_eos: StrictBool = False
+    min_tokens: Int(ge=0) = 0  # type: ignore[valid-type]
+    stop_token_ids: list[TokenId] | None = None
+    skip_special_tokens: StrictBool = True
+    include_stop_str_in_output: StrictBool = False
+    prompt_logprobs: Int(ge=0, le=20) | None = None  # type: ignore[valid-type]
+    return_tokens_as_token_ids: StrictBool = False  # logprob tokens as "token_id:<id>" (vLLM)
+    # Known but not implemented: typed null, a 400 naming them when set (errors.UNSUPPORTED).
+    logit_bias: Unsupported = None
+    response_format: Unsupported = None
+    tools: Unsupported = None
+    tool_choice: Unsupported = None
+    functions: Unsupported = None
+    function_call: Unsupported = None
+    parallel_tool_calls: Unsupported = None
+    use_beam_search: Unsupported = None
+    structured_outputs: Unsupported = None
+    guided_json: Unsupported = None
+    guided_regex: Unsupported = None
+    guided_choice: Unsupported = None
+    guided_grammar: Unsupported = None
 
 
 class CompletionRequest(SamplingExtras):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = 16
-    logprobs: int | None = None
-    echo: bool = False
-    suffix: str | None = None
+    prompt: (
+        NonEmptyStr
+        | Annotated[list[NonEmptyStr], Field(min_length=1)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
+    )
+    max_tokens: Int(ge=0) | None = 16  # type: ignore[valid-type]  # 0: score only
+    logprobs: Int(ge=0, le=20) | None = None  # type: ignore[valid-type]
+    echo: StrictBool = False
+    suffix: Unsupported = None
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
+    type: Literal["text"]
+    text: StrictStr
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: str
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    role: StrictStr
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
 
 
 class ChatCompletionRequest(SamplingExtras):
-    messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = None
-    add_generation_prompt: bool = True
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Int(ge=1) | None = None  # type: ignore[valid-type]
+    max_completion_tokens: Int(ge=1) | None = None  # type: ignore[valid-type]
+    logprobs: StrictBool = False
+    top_logprobs: Int(ge=0, le=20) | None = None  # type: ignore[valid-type]
+    add_generation_prompt: StrictBool = True
 
 
 class Usage(BaseModel):
@@ -86,11 +119,24 @@ class CompletionLogprobs(BaseModel):
     top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
 
 
+class PromptLogprob(BaseModel):
+    """vLLM's shape of one token's entry in `prompt_logprobs`."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+"""Per prompt position: token id (as a JSON key) -> entry; the first position is null."""
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -139,6 +185,7 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class Delta(BaseModel):
@@ -175,6 +222,19 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body, also sent as the last SSE event when a stream fails."""
+
+    error: ErrorDetail
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from leaflm.gateway.schemas.openai import ChatMessage
+from leaflm.gateway.schemas.types import StrictBool, StrictStr, TokenId
 
 
 class TokenizeRequest(BaseModel):
-    model: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-    add_special_tokens: bool = True
-    add_generation_prompt: bool = True
+    """Exactly one of `prompt` and `messages` (vLLM's two forms)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}
+    )
+    model: StrictStr | None = None
+    prompt: StrictStr = None  # type: ignore[assignment]  # absent, never null
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] = None  # type: ignore[assignment]
+    add_special_tokens: StrictBool = True
+    add_generation_prompt: StrictBool = True
 
 
 class TokenizeResponse(BaseModel):
@@ -22,12 +30,17 @@ class TokenizeResponse(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
-    model: str | None = None
-    tokens: list[int]
+    model: StrictStr | None = None
+    tokens: list[TokenId]
 
 
 class DetokenizeResponse(BaseModel):
     prompt: str
+
+
+class HealthResponse(BaseModel):
+    status: str
+    message: str | None = None
 
 
 class VersionResponse(BaseModel):

@@ -10,33 +10,37 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from leaflm.gateway.schemas.types import Int, NonEmptyStr, Num, StrictBool, StrictInt, Unsupported
+
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 
 class GenerateParameters(BaseModel):
-    best_of: int | None = None
-    decoder_input_details: bool = False
-    details: bool = False
-    do_sample: bool = False
-    frequency_penalty: float | None = None
-    max_new_tokens: int | None = None
-    repetition_penalty: float | None = None
-    return_full_text: bool | None = None
-    seed: int | None = None
-    stop: list[str] | None = None
-    temperature: float | None = None
-    top_k: int | None = None
-    top_n_tokens: int | None = None
-    top_p: float | None = None
-    truncate: int | None = None
-    typical_p: float | None = None
-    watermark: bool = False
+    best_of: Int(ge=1, le=8) | None = None  # type: ignore[valid-type]
+    decoder_input_details: StrictBool = False
+    details: StrictBool = False
+    do_sample: StrictBool = False
+    frequency_penalty: Num(ge=-2, le=2) | None = None  # type: ignore[valid-type]
+    max_new_tokens: Int(ge=1) | None = None  # type: ignore[valid-type]
+    repetition_penalty: Num(gt=0) | None = None  # type: ignore[valid-type]
+    return_full_text: StrictBool | None = None
+    seed: StrictInt | None = None
+    stop: list[NonEmptyStr] | None = None
+    temperature: Num(gt=0) | None = None  # type: ignore[valid-type]
+    top_k: Int(gt=0) | None = None  # type: ignore[valid-type]
+    top_n_tokens: Int(ge=0, le=20) | None = None  # type: ignore[valid-type]
+    top_p: Num(gt=0, le=1) | None = None  # type: ignore[valid-type]
+    truncate: Int(ge=0) | None = None  # type: ignore[valid-type]
+    typical_p: Unsupported = None
+    watermark: Literal[False] = False  # not implemented: true is a 422
+    grammar: Unsupported = None
+    adapter_id: Unsupported = None  # LoRA adapters
 
 
 class GenerateRequest(BaseModel):
-    inputs: str
+    inputs: NonEmptyStr
     parameters: GenerateParameters | None = None
-    stream: bool = False
+    stream: StrictBool = False
 
 
 class Token(BaseModel):
@@ -92,6 +96,13 @@ class StreamResponse(BaseModel):
     details: StreamDetails | None = None
 
 
+class ErrorResponse(BaseModel):
+    """TGI's error body (422 for validation); huggingface_hub maps error_type to exceptions."""
+
+    error: str
+    error_type: str
+
+
 class Info(BaseModel):
     model_id: str
     model_sha: str | None = None
@@ -101,6 +112,7 @@ class Info(BaseModel):
     max_concurrent_requests: int
     max_best_of: int
     max_stop_sequences: int
+    max_top_n_tokens: int
     max_input_tokens: int
     max_total_tokens: int
     validation_workers: int = 1

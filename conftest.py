@@ -9,6 +9,7 @@ prints the figures, and the session fails when the peak passes `LEAFLM_TEST_PEAK
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import sys
@@ -45,7 +46,8 @@ class _TreeSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self._sample()
+            with contextlib.suppress(psutil.Error):  # the tree changed under the listing
+                self._sample()
 
     def start(self) -> None:
         self._sample()

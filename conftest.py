@@ -2,7 +2,8 @@
 
 A sampler thread sums the RSS of the pytest process and all its descendants (servers, CLI
 runs, pip) every 0.2 s; `getrusage` adds the exact per-process maxima (`RUSAGE_SELF` for
-pytest, `RUSAGE_CHILDREN` for the largest waited-for descendant). The terminal summary
+pytest, `RUSAGE_CHILDREN` for the largest waited-for descendant, which on Linux starts from
+the parent's RSS when it was forked, so it never reads below pytest's at that moment). The terminal summary
 prints the figures, and the session fails when the peak passes `LEAFLM_TEST_PEAK_RSS_GIB`
 (default 4): the suite must fit on a machine that is also running other work.
 """
@@ -85,7 +86,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         f"peak RSS of the test session: {peak / _GIB:.2f} GiB (limit {LIMIT_GIB:g} GiB): "
         f"process tree {_sampler.peak / _GIB:.2f} GiB summed over {_sampler.peak_processes} "
         f"processes (sampled every {_sampler.interval:g} s), pytest {self_peak / _GIB:.2f} GiB, "
-        f"largest child {child_peak / _GIB:.2f} GiB (getrusage)"
+        f"largest child {child_peak / _GIB:.2f} GiB (getrusage, from its fork)"
     ]
     if peak > LIMIT_GIB * _GIB:
         _report.append(

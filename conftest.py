@@ -16,8 +16,12 @@ import resource
 import sys
 import threading
 
-import psutil
 import pytest
+
+try:
+    import psutil
+except ImportError:  # e.g. `nox -s gpu` in a bare GPU image: getrusage's maxima only
+    psutil = None
 
 LIMIT_GIB = float(os.environ.get("LEAFLM_TEST_PEAK_RSS_GIB", "4"))
 _GIB = 2**30
@@ -71,21 +75,28 @@ _report: list[str] = []
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     global _sampler
-    _sampler = _TreeSampler()
-    _sampler.start()
+    if psutil is not None:
+        _sampler = _TreeSampler()
+        _sampler.start()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _sampler is None:
-        return
-    _sampler.stop()
+    tree, processes = 0, 0
+    if _sampler is not None:
+        _sampler.stop()
+        tree, processes = _sampler.peak, _sampler.peak_processes
     self_peak = _maxrss_bytes(resource.RUSAGE_SELF)
     child_peak = _maxrss_bytes(resource.RUSAGE_CHILDREN)
-    peak = max(_sampler.peak, self_peak, child_peak)
+    peak = max(tree, self_peak, child_peak)
+    sampled = (
+        f"process tree {tree / _GIB:.2f} GiB summed over {processes} processes (sampled "
+        f"every {_sampler.interval:g} s)"
+        if _sampler is not None
+        else "process tree not sampled (no psutil)"
+    )
     _report[:] = [
         f"peak RSS of the test session: {peak / _GIB:.2f} GiB (limit {LIMIT_GIB:g} GiB): "
-        f"process tree {_sampler.peak / _GIB:.2f} GiB summed over {_sampler.peak_processes} "
-        f"processes (sampled every {_sampler.interval:g} s), pytest {self_peak / _GIB:.2f} GiB, "
+        f"{sampled}, pytest {self_peak / _GIB:.2f} GiB, "
         f"largest child {child_peak / _GIB:.2f} GiB (getrusage, from its fork)"
     ]
     if peak > LIMIT_GIB * _GIB:

@@ -134,6 +134,8 @@ def test_cli_generate_prints_coherent_text(llm, cache_dir):
             "Once upon a time",
             "--max-tokens",
             "12",
+            "--kv-cache-memory",
+            "64MiB",
         ],
         capture_output=True,
         text=True,

@@ -86,6 +86,10 @@ def _run_cache(args: argparse.Namespace) -> int:
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kv-cache-memory", default=None,
+        help="CPU KV cache size, e.g. 256MiB (default: the engine's, allocated whole at start)",
+    )  # fmt: skip
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -108,7 +112,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     show_startup_progress()
     from leaflm.engine import LLM, SamplingParams
 
-    llm = LLM(model=args.model)
+    llm = LLM(model=args.model, kv_cache_memory=args.kv_cache_memory)
     params = SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
@@ -121,7 +125,7 @@ def _run_chat(args: argparse.Namespace) -> int:
     show_startup_progress()
     from leaflm.engine import LLM, SamplingParams
 
-    llm = LLM(model=args.model)
+    llm = LLM(model=args.model, kv_cache_memory=args.kv_cache_memory)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": args.message})
     params = SamplingParams(

@@ -30,6 +30,8 @@ TEST_DEPS = [
     "huggingface_hub>=0.24",
     "build",
     "jsonschema",
+    # lm-evaluation-harness's local-completions / local-chat-completions against the server
+    "lm-eval[api]==0.4.13",
 ]
 
 

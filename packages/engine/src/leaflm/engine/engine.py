@@ -96,6 +96,14 @@ class LLMEngine:
             raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
+        if params.num_sequences > self.args.max_num_seqs:
+            # Every candidate runs at once after the prompt; more than the batch can hold
+            # would never be scheduled (and forking them is unbounded work in one step).
+            name = "best_of" if params.best_of is not None else "n"
+            raise ValueError(
+                f"{name} must be <= max_num_seqs ({self.args.max_num_seqs}), "
+                f"got {params.num_sequences}"
+            )
         if params.logprobs is not None and params.logprobs > self.runner.vocab_size:
             raise ValueError(f"logprobs must be <= vocab size {self.runner.vocab_size}")
         text: str | None

@@ -115,7 +115,9 @@ class OutputProcessor:
         params = req.params
         kind = params.output_kind
         finished = req.finished
-        if kind == "final_only" and not finished:
+        if not finished and (kind == "final_only" or params.num_sequences > params.n):
+            # best_of > n: which candidates are returned is only known at the end, so
+            # nothing is emitted before then (a delta stream would glue candidates together).
             return None
         seqs = req.seqs
         if finished and len(seqs) > params.n:
@@ -146,7 +148,8 @@ class OutputProcessor:
 
     def _completion(self, s: Sequence, index: int, delta: bool) -> CompletionOutput | None:
         done = s.finish_reason is not None
-        text_end = len(s.text) - stop_holdback(s)
+        # Never negative: a stop string longer than the text so far holds back all of it.
+        text_end = max(0, len(s.text) - stop_holdback(s))
         out_ids = s.output_token_ids
         lps = s.logprobs
         with_lp = s.request.params.logprobs is not None or len(s.request.seqs) > s.request.params.n

@@ -6,6 +6,7 @@ field and the bad value, because that message reaches API users through the gate
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 OUTPUT_KINDS = ("cumulative", "delta", "final_only")
@@ -33,6 +34,7 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
     output_kind: str = "cumulative"
 
     def __post_init__(self) -> None:
@@ -43,7 +45,13 @@ class SamplingParams:
         def _num(name: str, value: object) -> float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number, got {value!r}")
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+            return number
 
         _int("n", self.n)
         if self.n < 1:
@@ -101,6 +109,9 @@ class SamplingParams:
                 _int(name, value)
                 if value < 0:
                     raise ValueError(f"{name} must be >= 0, got {value}")
+        for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a boolean, got {getattr(self, name)!r}")
         if self.output_kind not in OUTPUT_KINDS:
             raise ValueError(f"output_kind must be one of {OUTPUT_KINDS}, got {self.output_kind!r}")
 

@@ -1,7 +1,8 @@
 """When a sequence stops: EOS, stop token ids, stop strings, max_tokens, max_model_len.
 
 Stop strings may span tokens, so they are searched in the decoded text around the newest
-piece; the matched string and anything after it are cut from the output. While a sequence
+piece; anything after the matched string is cut from the output, and the string itself too
+unless `include_stop_str_in_output`. While a sequence
 runs, the last `max(len(stop)) - 1` characters are held back from streamed output, because
 they could still turn out to be the start of a stop string.
 """
@@ -36,7 +37,8 @@ def check_stop(seq: Sequence, new_text: str, max_model_len: int) -> None:
         hit = _find_stop(seq.text, len(new_text), params.stop)
         if hit is not None:
             index, stop = hit
-            seq.text = seq.text[:index]
+            keep = len(stop) if params.include_stop_str_in_output else 0
+            seq.text = seq.text[: index + keep]
             seq.finish_reason, seq.stop_reason = "stop", stop
             return
     max_tokens = params.max_tokens

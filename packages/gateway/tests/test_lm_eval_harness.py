@@ -85,7 +85,7 @@ def evaluate(lm: Any, task: str, chat: bool = False) -> tuple[float, list[dict[s
     out = simple_evaluate(model=lm, tasks=[task_config(task)], log_samples=True,
                           apply_chat_template=chat, random_seed=0, numpy_random_seed=0,
                           torch_random_seed=0, fewshot_random_seed=0)  # fmt: skip
-    metric = "acc,none" if task == "leaflm_mc" else "exact_match,none"
+    metric = "acc,none" if task == "leaflm_mc" else "exact_match,last_word"
     return float(out["results"][task][metric]), out["samples"][task]
 
 
@@ -162,16 +162,18 @@ def test_loglikelihood_matches_hf(lm_server, model_dir, hf_model):
     )
 
 
-def _exact_match(prediction: str, target: str) -> float:
+def _exact_match(answer: str, target: str) -> float:
+    """The task's score of one raw answer: its filter, then its exact_match settings."""
     from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
 
-    cfg = next(m for m in task_config("leaflm_gen")["metric_list"] if m["metric"] == "exact_match")
-    kwargs = {
-        k: v for k, v in cfg.items() if k not in ("metric", "aggregation", "higher_is_better")
-    }
-    return exact_match_hf_evaluate(predictions=[prediction], references=[target], **kwargs)[
-        "exact_match"
-    ]
+    cfg = task_config("leaflm_gen")
+    regex = cfg["filter_list"][0]["filter"][0]
+    last = RegexFilter(regex["regex_pattern"], regex["group_select"]).apply([[answer]], [{}])
+    metric = next(m for m in cfg["metric_list"] if m["metric"] == "exact_match")
+    kwargs = {k: v for k, v in metric.items() if k.startswith("ignore")}
+    scored = exact_match_hf_evaluate(predictions=[last[0][0]], references=[target], **kwargs)
+    return float(scored["exact_match"])
 
 
 def _check_generations(samples, score, sent, hf_model, tokenizer, key, prompt_ids) -> None:
@@ -186,6 +188,7 @@ def _check_generations(samples, score, sent, hf_model, tokenizer, key, prompt_id
         got = sample["resps"][0][0]
         assert got == ref, (payload, got, ref)
         hf_scores.append(_exact_match(ref, sample["target"]))
+        assert sample["exact_match"] == hf_scores[-1], (sample, ref)
     assert score == pytest.approx(sum(hf_scores) / len(hf_scores))
 
 

@@ -22,7 +22,7 @@ def fake_app(fault: str = "") -> FastAPI:
     """A tiny OpenAI-shaped streaming server whose /metrics are leaflm's gauges."""
     app = FastAPI()
     state = {"requests": 0, "in_flight": 0, "hoard": []}
-    bad = [body for _, body in invalid_cases(MODEL)]
+    bad = [body for _, body in invalid_cases(MODEL)]  # dicts, and bytes that are not JSON
 
     @app.get("/health")
     async def health():
@@ -51,31 +51,40 @@ def fake_app(fault: str = "") -> FastAPI:
             body = json.loads(raw)
         except ValueError:
             return JSONResponse({"error": {"message": "bad JSON"}}, status_code=400)
-        if body in bad and fault != "accept_invalid":
+        if (body in bad or raw in bad) and fault != "accept_invalid":
             return JSONResponse({"error": {"message": "invalid"}}, status_code=400)
         state["requests"] += 1
         if fault == "500" and state["requests"] % 5 == 0:
             return JSONResponse({"error": {"message": "boom"}}, status_code=500)
         if fault == "leak_rss":  # memory that is written, so it is resident
             state["hoard"].append(bytearray(b"\x01") * (8 << 20))
-        if not body.get("stream"):
+        tgi = request.url.path == "/generate_stream"
+        if not body.get("stream") and not tgi:
             return {"choices": [{"text": "ok", "index": 0}]}
         hang = fault == "hang" and state["requests"] % 7 == 0
+        n = body["parameters"]["max_new_tokens"] if tgi else body["max_tokens"]
+
+        def event(i: int) -> dict:
+            if not tgi:
+                return {"choices": [{"index": 0, "text": f" t{i}"}]}
+            last = " ".join(f"t{k}" for k in range(n)) if i == n - 1 else None
+            return {"index": i, "token": {"id": i, "text": f" t{i}"}, "generated_text": last}
 
         async def events():
             state["in_flight"] += 1
             try:
-                for i in range(int(body.get("max_tokens", 4))):
+                for i in range(n):
                     await asyncio.sleep(3600 if hang else 0.002)
-                    yield f"data: {json.dumps({'choices': [{'index': 0, 'text': f' t{i}'}]})}\n\n"
-                yield "data: [DONE]\n\n"
+                    yield f"data: {json.dumps(event(i))}\n\n"
+                if not tgi:
+                    yield "data: [DONE]\n\n"
             finally:
                 state["in_flight"] -= 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    app.post("/v1/completions")(generate)
-    app.post("/v1/chat/completions")(generate)
+    for path in ("/v1/completions", "/v1/chat/completions", "/generate", "/generate_stream"):
+        app.post(path)(generate)
     return app
 
 
@@ -132,6 +141,8 @@ def test_clean_fake_server_passes(serve_fake):
     kinds = summary(raw)["by_kind"]
     assert kinds["stream"]["ok"] > 0 and kinds["invalid"]["rejected"] > 0
     assert kinds["disconnect"].get("disconnected", 0) > 0
+    paths = {r["path"] for r in raw["records"] if r["outcome"] == "ok"}
+    assert {"/v1/completions", "/v1/chat/completions", "/generate_stream"} <= paths
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,9 @@ def test_one_minute_soak_passes_on_a_real_server(tiny_dir, tmp_path, capsys):
     assert kinds["stream"]["ok"] > 0
     assert kinds["disconnect"].get("disconnected", 0) > 0
     assert kinds["invalid"]["rejected"] > 0
+    records = results["raw"]["records"]
+    ok_paths = {r["path"] for r in records if r["outcome"] == "ok"}
+    assert {"/v1/completions", "/v1/chat/completions", "/generate_stream"} <= ok_paths
     last = results["raw"]["samples"][-1]
     assert last["gauges"]["kv_cache_blocks_used"] == 0 and last["rss_mb"] > 0
     report = (out / "report.md").read_text()

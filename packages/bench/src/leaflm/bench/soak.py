@@ -43,26 +43,38 @@ _WORDS = (
 
 
 def invalid_cases(model: str) -> list[tuple[str, dict[str, Any] | bytes]]:
-    """(path, body) pairs every OpenAI-compatible server must refuse with a 4xx."""
-    c, ch = "/v1/completions", "/v1/chat/completions"
+    """(path, body) pairs every server must refuse with a 4xx, at once and without harm.
+
+    Besides plain mistakes these include the hostile ones: absurd `n`/`best_of` (a server
+    that forks them runs out of memory), NaN, booleans where numbers or token ids belong.
+    """
+    c, ch, tgi = "/v1/completions", "/v1/chat/completions", "/generate"
     base = {"model": model, "prompt": "a leaf", "max_tokens": 4, "stream": True}
     msgs = [{"role": "user", "content": "hi"}]
+    nan = f'{{"model": {json.dumps(model)}, "prompt": "a leaf", "temperature": NaN}}'
     return [
         (c, {**base, "max_tokens": -3}),
         (c, {**base, "max_tokens": "many"}),
         (c, {**base, "max_tokens": 10**9}),
         (c, {**base, "temperature": -0.5}),
+        (c, {**base, "temperature": True}),
         (c, {**base, "top_p": 0}),
         (c, {**base, "n": 0}),
+        (c, {**base, "n": 10**9, "stream": False}),
+        (c, {**base, "best_of": 2**63 - 1, "max_tokens": 1, "stream": False}),
         (c, {**base, "prompt": ""}),
         (c, {**base, "prompt": [1, 2, 10**9]}),
+        (c, {**base, "prompt": [[False]]}),
         (c, {**base, "model": "no-such-model"}),
         (c, {"model": model, "max_tokens": 4}),
+        (c, nan.encode()),
         (c, b'{"prompt": "a leaf", '),
         (c, b"not json"),
         (ch, {"model": model, "messages": [], "stream": True}),
         (ch, {"model": model, "messages": "hello", "stream": True}),
         (ch, {"model": model, "messages": msgs, "presence_penalty": 5, "stream": True}),
+        (tgi + "_stream", {"inputs": "a leaf", "parameters": {"max_new_tokens": 0}}),
+        (tgi, {"inputs": "a leaf", "parameters": {"best_of": 10_000, "do_sample": True}}),
     ]
 
 
@@ -183,7 +195,13 @@ class Soak:
         }
         if rng.random() < 0.5:
             body["ignore_eos"] = True
-        if rng.random() < 0.5:
+        api = rng.random()
+        if api < 0.2:  # TGI's native stream: do_sample with a positive temperature, or greedy
+            temperature = body["temperature"]
+            params = {"max_new_tokens": body["max_tokens"], "seed": body["seed"],
+                      "do_sample": temperature > 0, "temperature": temperature or None}  # fmt: skip
+            return "/generate_stream", {"inputs": words, "parameters": params}
+        if api < 0.6:
             body["messages"] = [{"role": "user", "content": words}]
             return "/v1/chat/completions", body
         body["prompt"] = words
@@ -201,6 +219,7 @@ class Soak:
             if stop_after == 0:
                 rec.outcome = "disconnected"
                 return
+            final = False  # TGI streams end with an event carrying generated_text, no [DONE]
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
                     continue
@@ -213,10 +232,14 @@ class Soak:
                     rec.outcome, rec.detail = "stream_error", json.dumps(event["error"])[:300]
                     return
                 rec.chunks += 1
-                if stop_after is not None and rec.chunks >= stop_after:
+                final = final or event.get("generated_text") is not None
+                if stop_after is not None and rec.chunks >= stop_after and not final:
                     rec.outcome = "disconnected"  # leaving the block closes the connection
                     return
-            rec.outcome, rec.detail = "incomplete", "stream ended without [DONE]"
+            if final and rec.path == "/generate_stream":
+                rec.outcome = "ok"
+                return
+            rec.outcome, rec.detail = "incomplete", "stream ended without its final event"
 
     async def _invalid_request(self, rec: SoakRecord, body: dict[str, Any] | bytes) -> None:
         if isinstance(body, bytes):
@@ -240,7 +263,8 @@ class Soak:
         else:
             path, body = self._valid_request()
             disconnect = roll < cfg.invalid_share + cfg.disconnect_share
-            stop_after = self.rng.randint(0, max(body["max_tokens"] - 1, 0)) if disconnect else None
+            tokens = body.get("max_tokens") or body["parameters"]["max_new_tokens"]
+            stop_after = self.rng.randint(0, max(tokens - 1, 0)) if disconnect else None
             rec = SoakRecord("disconnect" if disconnect else "stream", path, self.now())
             work = self._stream(rec, body, stop_after)
         self.in_flight += 1

@@ -23,10 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-lm_eval = pytest.importorskip("lm_eval")
-torch = pytest.importorskip("torch")
-yaml = pytest.importorskip("yaml")
+import torch
+import yaml
 
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 MODEL_NAME = "smollm2-135m"

@@ -200,3 +200,23 @@ def test_only_local_hosts():
         SoakConfig(url="http://example.com:8000")
     with pytest.raises(ValueError, match="sum to <= 1"):
         SoakConfig(url="http://127.0.0.1:1", disconnect_share=0.8, invalid_share=0.5)
+
+
+@pytest.mark.parametrize(("fault", "code"), [("", 0), ("500", 1)])
+def test_cli_exit_code_and_summary(serve_fake, tmp_path, capsys, fault, code):
+    import os
+
+    from leaflm.engine.cli import main
+
+    argv = ["bench", "soak", "--url", serve_fake(fault), "--pid", str(os.getpid()),
+            "--duration", "3", "--concurrency", "3", "--max-output-tokens", "6",
+            "--max-prompt-words", "10", "--sample-interval", "0.1", "--drain-timeout", "2",
+            "--request-timeout", "5", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == code
+    printed = capsys.readouterr().out
+    report = (tmp_path / "report.md").read_text()
+    if code:
+        assert "soak FAILED" in printed and "FAILED no 5xx" in printed
+        assert "**FAILED**" in report and "| no 5xx | FAILED |" in report
+    else:
+        assert "soak PASSED" in printed and "**PASSED**" in report

@@ -109,14 +109,17 @@ def summary(raw: dict[str, Any]) -> dict[str, Any]:
     """Counts by kind and outcome, and request rates, for the report."""
     records = raw["records"]
     by_kind: dict[str, Counter] = {}
+    by_route: Counter = Counter()
     for r in records:
         by_kind.setdefault(r["kind"], Counter())[r["outcome"]] += 1
+        by_route[f"{r['path']} {r['status']}"] += 1
     duration = raw["load_end_s"] or 0.0
     chunks = sum(r["chunks"] for r in records)
     latencies = sorted(r["end"] - r["start"] for r in records if r["outcome"] == "ok")
     return {
         "requests": len(records),
         "by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
+        "by_route": dict(sorted(by_route.items())),
         "load_seconds": duration,
         "requests_per_s": len(records) / duration if duration else 0.0,
         "stream_chunks": chunks,

@@ -79,6 +79,10 @@ def _markdown(results: dict[str, Any]) -> str:
     for kind, outcomes in s["by_kind"].items():
         for outcome, count in sorted(outcomes.items()):
             lines.append(f"| {kind} | {outcome} | {count} |")
+    lines += ["", "| route | HTTP status | count |", "|---|---|---|"]
+    for route, count in s.get("by_route", {}).items():
+        path, status = route.rsplit(" ", 1)
+        lines.append(f"| `{path}` | {status} | {count} |")
     p50, worst = s["ok_latency_p50_s"], s["ok_latency_max_s"]
     took = (
         f"; complete streams took {p50:.2f} s at the median, {worst:.2f} s at most" if p50 else ""

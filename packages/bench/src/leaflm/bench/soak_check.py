@@ -81,7 +81,7 @@ def evaluate(raw: dict[str, Any], max_rss_growth_mb: float) -> list[dict[str, An
             f"(bound {max_rss_growth_mb:g} MB); peak {growth['peak_mb']:.0f} MB, "
             f"after drain {growth['after_drain_mb']:.0f} MB",
         ))  # fmt: skip
-    last = next((s["gauges"] for s in reversed(samples) if s["gauges"]), {})
+    last: dict[str, float] = next((s["gauges"] for s in reversed(samples) if s["gauges"]), {})
     used = last.get("kv_cache_blocks_used")
     if used is None:
         checks.append(

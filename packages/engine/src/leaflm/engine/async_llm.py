@@ -100,6 +100,7 @@ class AsyncLLM:
         self._stopped = True
         self._wake.set()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self.engine.shutdown()
 
     # -- engine thread -----------------------------------------------------------------------
     def _send(self, kind: str, payload: Any) -> None:

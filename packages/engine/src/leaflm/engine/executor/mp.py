@@ -7,14 +7,20 @@ While waiting the driver also watches every worker's process sentinel, so a work
 dies (killed, OOM) fails the step at once instead of hanging in a collective.
 
 No worker outlives the driver: `shutdown`, garbage collection of the executor and
-interpreter exit (a `weakref.finalize`) terminate them; if the driver dies without cleanup
+interpreter exit (a `weakref.finalize`) end them; if the driver dies without cleanup
 (SIGKILL, SIGTERM without handler) every worker sees its pipe close or its parent change and
 exits; workers ignore SIGINT so Ctrl-C reaches only the driver, which then shuts them down.
+
+A `WorkerPool` (`with WorkerPool(2): ...`) keeps spawned processes between engines: an
+engine built inside it binds idle pool processes to its ranks and hands them back, reset,
+at shutdown. Spawning (a fresh interpreter importing torch) dominates a small engine's
+start-up, so test suites that build many TP engines share one pool.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
@@ -36,6 +42,7 @@ from leaflm.engine.scheduler import SchedulerOutput
 from leaflm.engine.step_input import build_step_input
 
 STARTUP_TIMEOUT_S = 600.0
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -52,38 +59,114 @@ def worker_devices(model_config: ModelConfig, world_size: int) -> list[torch.dev
     return [torch.device("cpu")] * world_size
 
 
+def _spawn() -> tuple[Any, mpc.Connection]:
+    parent, child = mp.get_context("spawn").Pipe()
+    proc = mp.get_context("spawn").Process(
+        target=worker_main, args=(child,), name="leaflm-tp-worker", daemon=True
+    )
+    proc.start()
+    child.close()
+    return proc, parent
+
+
+def _send(conn: mpc.Connection, method: str, args: tuple[Any, ...] = (), reply: bool = True):
+    conn.send_bytes(pickle.dumps((method, args, reply), protocol=_PROTOCOL))
+
+
+def _stop(procs: list[Any], conns: list[mpc.Connection], grace_s: float = 5.0) -> None:
+    """Ask every worker to exit, then terminate, then kill whatever is left."""
+    for conn in conns:
+        with contextlib.suppress(OSError):
+            _send(conn, "exit", reply=False)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(2.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    for conn in conns:
+        conn.close()
+
+
+class WorkerPool:
+    """Idle spawned worker processes that engines built inside `with pool:` reuse."""
+
+    _current: WorkerPool | None = None
+
+    def __init__(self, size: int) -> None:
+        self.idle: list[tuple[Any, mpc.Connection]] = [_spawn() for _ in range(size)]
+        self._finalizer = weakref.finalize(self, _stop_all, self.idle)
+
+    def take(self, n: int) -> list[tuple[Any, mpc.Connection]]:
+        alive = [(p, c) for p, c in self.idle if p.is_alive()]
+        taken, self.idle[:] = alive[:n], alive[n:]
+        return taken
+
+    def give_back(self, workers: list[tuple[Any, mpc.Connection]]) -> None:
+        self.idle.extend(workers)
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> WorkerPool:
+        WorkerPool._current = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        WorkerPool._current = None
+        self.close()
+
+
+def _stop_all(workers: list[tuple[Any, mpc.Connection]]) -> None:
+    _stop([p for p, _ in workers], [c for _, c in workers])
+    workers.clear()
+
+
+def _finish(
+    procs: list[Any], conns: list[mpc.Connection], pool: WorkerPool | None, state: dict
+) -> None:
+    """Executor end: hand healthy workers back to the pool (reset), else stop them."""
+    if pool is not None and not state.get("failed"):
+        try:
+            for conn in conns:
+                _send(conn, "release")
+            for conn in conns:
+                if not conn.poll(30.0):
+                    raise TimeoutError
+                status, _ = pickle.loads(conn.recv_bytes())
+                if status != "ok":
+                    raise RuntimeError
+        except (OSError, EOFError, TimeoutError, RuntimeError):
+            _stop(procs, conns, grace_s=0.5)
+            return
+        pool.give_back(list(zip(procs, conns, strict=True)))
+        return
+    _stop(procs, conns, grace_s=0.5 if state.get("failed") else 5.0)
+
+
 class MultiprocExecutor(Executor):
     def __init__(self, model_config: ModelConfig, world_size: int) -> None:
         self.world_size = world_size
         self.block_size = 16
-        ctx = mp.get_context("spawn")
+        pool = WorkerPool._current
+        workers = pool.take(world_size) if pool is not None else []
+        workers += [_spawn() for _ in range(world_size - len(workers))]
+        self.procs = [p for p, _ in workers]
+        self.conns = [c for _, c in workers]
+        self._state: dict[str, bool] = {}
+        self._finalizer = weakref.finalize(self, _finish, self.procs, self.conns, pool, self._state)
         init_method = f"tcp://127.0.0.1:{free_port()}"
         cores = rank_cores(world_size)
         devices = worker_devices(model_config, world_size)
-        self.conns: list[mpc.Connection] = []
-        self.procs: list[Any] = []
-        self._finalizer = weakref.finalize(self, _stop, self.procs, self.conns)
-        for rank in range(world_size):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=worker_main,
-                args=(
-                    child,
-                    model_config,
-                    rank,
-                    world_size,
-                    init_method,
-                    devices[rank],
-                    cores[rank],
-                ),
-                name=f"leaflm-tp-worker-{rank}",
-                daemon=True,
-            )
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
         try:
+            for rank, conn in enumerate(self.conns):
+                spec = (model_config, rank, world_size, init_method, devices[rank], cores[rank])
+                _send(conn, "bind", spec)
+            self._receive(list(range(world_size)), STARTUP_TIMEOUT_S)
             self.collective_rpc("init_device", timeout=STARTUP_TIMEOUT_S)
             self.collective_rpc("load_model", timeout=STARTUP_TIMEOUT_S)
         except WorkerFailedError as exc:
@@ -91,6 +174,7 @@ class MultiprocExecutor(Executor):
                 raise exc.__cause__ from None
             raise
         except BaseException:
+            self._state["failed"] = True
             self.shutdown()
             raise
 
@@ -101,7 +185,7 @@ class MultiprocExecutor(Executor):
     # -- messaging ---------------------------------------------------------------------------
     def _broadcast(self, method: str, args: tuple[Any, ...], reply: bool) -> None:
         self.check_alive()
-        payload = pickle.dumps((method, args, reply), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps((method, args, reply), protocol=_PROTOCOL)
         try:
             for conn in self.conns:
                 conn.send_bytes(payload)
@@ -119,19 +203,18 @@ class MultiprocExecutor(Executor):
             if left is not None and left <= 0:
                 self._fail(f"workers {sorted(pending)} did not answer within {timeout:.0f} s")
             ready = mpc.wait([*self.conns, *by_sentinel], timeout=left)
+            readable = {by_conn[id(o)] for o in ready if not isinstance(o, int)}
             for obj in ready:
                 if isinstance(obj, int):  # a sentinel: that process has exited
                     rank = by_sentinel[obj]
-                    if any(by_conn[id(c)] == rank for c in ready if not isinstance(c, int)):
-                        continue  # read its last message first
-                    code = self.procs[rank].exitcode
-                    self._fail(f"tensor-parallel worker rank {rank} died (exit code {code})")
+                    if rank not in readable:  # else read its last message first
+                        self._fail(self._died(rank))
+                    continue
                 rank = by_conn[id(obj)]
                 try:
                     status, value = pickle.loads(obj.recv_bytes())
                 except (EOFError, OSError):
-                    code = self.procs[rank].exitcode
-                    self._fail(f"tensor-parallel worker rank {rank} died (exit code {code})")
+                    self._fail(self._died(rank))
                 if status == "error":
                     exc, tb = value
                     self._fail(f"tensor-parallel worker rank {rank} failed:\n{tb}", exc)
@@ -139,9 +222,17 @@ class MultiprocExecutor(Executor):
                 pending.discard(rank)
         return results
 
+    def _died(self, rank: int) -> str:
+        proc = self.procs[rank]
+        proc.join(0.5)
+        return (
+            f"tensor-parallel worker rank {rank} (pid {proc.pid}) died (exit code {proc.exitcode})"
+        )
+
     def _fail(self, reason: str, cause: BaseException | None = None) -> None:
         self.failed = WorkerFailedError(reason)
         self.failed.__cause__ = cause
+        self._state["failed"] = True
         for proc in self.procs:  # peers of a failed rank may be stuck in a collective
             if proc.is_alive():
                 proc.kill()
@@ -165,30 +256,10 @@ class MultiprocExecutor(Executor):
     ) -> torch.Tensor:
         step = build_step_input(sched, logit_rows, self.block_size)
         self._broadcast("execute_step", (step,), reply=False)
-        logits = self._receive([0], None)[0]
-        return torch.from_numpy(logits)
+        return torch.from_numpy(self._receive([0], None)[0])
 
     def shutdown(self) -> None:
         self._finalizer()
-
-
-def _stop(procs: list[Any], conns: list[mpc.Connection], grace_s: float = 5.0) -> None:
-    """Ask every worker to exit, then terminate, then kill whatever is left."""
-    for conn in conns:
-        with contextlib.suppress(OSError):
-            conn.send_bytes(pickle.dumps(("exit", (), False)))
-    deadline = time.monotonic() + grace_s
-    for proc in procs:
-        proc.join(max(0.0, deadline - time.monotonic()))
-    for proc in procs:
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(2.0)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-    for conn in conns:
-        conn.close()
 
 
 def _watch_parent(parent: int) -> None:
@@ -199,21 +270,17 @@ def _watch_parent(parent: int) -> None:
             os._exit(1)
 
 
-def worker_main(
-    conn: mpc.Connection,
-    model_config: ModelConfig,
-    rank: int,
-    world_size: int,
-    init_method: str,
-    device: torch.device,
-    cores: list[int] | None,
-) -> None:
-    """A worker process: apply the driver's messages until told to exit or the driver goes."""
+def worker_main(conn: mpc.Connection) -> None:
+    """A worker process: apply the driver's messages until told to exit or the driver goes.
+
+    `bind` makes it a rank (a `Worker`), `release` resets it for another engine; any other
+    message is a method of the worker (or its model runner).
+    """
     from leaflm.engine.executor.worker import Worker
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-    worker = Worker(model_config, rank, world_size, init_method, device, cores)
+    worker: Worker | None = None
     while True:
         try:
             method, args, reply = pickle.loads(conn.recv_bytes())
@@ -222,11 +289,20 @@ def worker_main(
         if method == "exit":
             break
         try:
-            result = worker.call(method, args)
+            if method == "bind":
+                worker, result = Worker(*args), None
+            elif method == "release":
+                if worker is not None:
+                    worker.close()
+                worker, result = None, None
+                gc.collect()
+            else:
+                assert worker is not None, "bind first"
+                result = worker.call(method, args)
             if isinstance(result, torch.Tensor):
                 result = result.numpy()
-            if reply or (rank == 0 and method == "execute_step"):
-                conn.send_bytes(pickle.dumps(("ok", result), protocol=pickle.HIGHEST_PROTOCOL))
+            if reply or (method == "execute_step" and result is not None):
+                conn.send_bytes(pickle.dumps(("ok", result), protocol=_PROTOCOL))
         except BaseException as exc:  # report, then keep serving: the driver decides
             try:
                 try:
@@ -239,4 +315,4 @@ def worker_main(
     os._exit(0)  # skip interpreter teardown: nothing left to flush, peers may be gone
 
 
-__all__ = ["MultiprocExecutor", "free_port"]
+__all__ = ["MultiprocExecutor", "WorkerPool", "free_port"]

@@ -36,6 +36,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--max-num-batched-tokens", type=int, default=None)
     e.add_argument("--max-model-len", type=int, default=None)
     e.add_argument("--tensor-parallel-size", type=int, default=1)
+    e.add_argument("--distributed-executor-backend", default=None, choices=["uni", "mp", "ray"])
     caching = e.add_mutually_exclusive_group()
     caching.add_argument(
         "--enable-prefix-caching", dest="enable_prefix_caching", action="store_true", default=True
@@ -68,6 +69,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "max_model_len": args.max_model_len,
         "tensor_parallel_size": args.tensor_parallel_size,
+        "distributed_executor_backend": args.distributed_executor_backend,
         "enable_prefix_caching": args.enable_prefix_caching,
         "swap_space_gb": args.swap_space,
         "seed": args.seed,

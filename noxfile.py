@@ -30,6 +30,7 @@ TEST_DEPS = [
     "huggingface_hub>=0.24",
     "build",
     "jsonschema",
+    "ray>=2.9",  # leaflm-engine[ray]: the ray executor's two-node test
 ]
 
 

@@ -55,6 +55,11 @@ class AsyncLLM:
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
+    @property
+    def errored(self) -> bool:
+        """True once the engine cannot serve any more (e.g. a tensor-parallel worker died)."""
+        return self._error is not None or self.engine.executor.failed is not None
+
     async def generate(
         self,
         prompt: str | list[int],

@@ -164,3 +164,52 @@ def test_backend_choice_is_validated(tiny_models):
         LLM(str(tiny_models("llama")), distributed_executor_backend="threads")
     with pytest.raises(ValueError, match="'uni' runs one rank"):
         LLM(str(tiny_models("llama")), tensor_parallel_size=2, distributed_executor_backend="uni")
+
+
+def test_a_rank_loads_its_slices_and_packs_them_like_any_weight(tiny_models):
+    """Rank 1 of 2, built in-process (loading needs no collectives): its parameters are
+    exactly its slices of the checkpoint, and the packed CPU GEMM runs on the shard."""
+    import torch
+    from safetensors.torch import load_file
+
+    from leaflm.engine.layers.linear import pack_for_cpu
+    from leaflm.engine.loader import load_weights
+    from leaflm.engine.models.llama import LlamaForCausalLM
+    from leaflm.engine.models.registry import load_hf_config
+
+    model_dir = tiny_models("llama")  # hidden 64, 4 heads x 16, 2 KV heads, MLP 128, vocab 384
+    set_tensor_parallel(1, 2)
+    try:
+        model = LlamaForCausalLM(load_hf_config(model_dir))
+        load_weights(model, model_dir)
+    finally:
+        set_tensor_parallel(0, 1)
+    full = load_file(str(model_dir / "model.safetensors"))
+    layer, hf = model.model.layers[0], "model.layers.0."
+    attn = layer.self_attn
+    assert (attn.num_heads, attn.num_kv_heads) == (2, 1)
+    qkv = torch.cat(
+        [
+            full[hf + "self_attn.q_proj.weight"][32:64],  # query heads 2, 3
+            full[hf + "self_attn.k_proj.weight"][16:32],  # KV head 1
+            full[hf + "self_attn.v_proj.weight"][16:32],
+        ]
+    )
+    torch.testing.assert_close(attn.qkv_proj.weight, qkv, rtol=0, atol=0)
+    torch.testing.assert_close(
+        attn.o_proj.weight, full[hf + "self_attn.o_proj.weight"][:, 32:64], rtol=0, atol=0
+    )
+    gate_up = torch.cat(
+        [full[hf + "mlp.gate_proj.weight"][64:], full[hf + "mlp.up_proj.weight"][64:]]
+    )
+    torch.testing.assert_close(layer.mlp.gate_up_proj.weight, gate_up, rtol=0, atol=0)
+    torch.testing.assert_close(
+        layer.mlp.down_proj.weight, full[hf + "mlp.down_proj.weight"][:, 64:], rtol=0, atol=0
+    )
+    embed = full["model.embed_tokens.weight"]
+    torch.testing.assert_close(model.model.embed_tokens.weight, embed[192:], rtol=0, atol=0)
+
+    x = torch.randn(5, 64)
+    if pack_for_cpu(model):  # the weight method is independent of the sharding
+        assert attn.qkv_proj.packed is not None and attn.qkv_proj.weight is None
+    torch.testing.assert_close(attn.qkv_proj(x), x @ qkv.T, rtol=1e-5, atol=1e-5)

@@ -8,6 +8,7 @@ collectives return their input untouched, so the TP=1 path costs nothing extra.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ class TensorParallelState:
 
 
 _STATE = TensorParallelState()
+# Time spent in this process's collectives (seconds, calls): what a step pays for TP.
+COMM = {"seconds": 0.0, "calls": 0}
 
 
 def set_tensor_parallel(rank: int, size: int, group: Any = None) -> None:
@@ -43,8 +46,15 @@ def all_reduce(x: torch.Tensor) -> torch.Tensor:
         return x
     import torch.distributed as dist
 
+    start = time.perf_counter()
     dist.all_reduce(x, group=_STATE.group)
+    _count(start)
     return x
+
+
+def _count(start: float) -> None:
+    COMM["seconds"] += time.perf_counter() - start
+    COMM["calls"] += 1
 
 
 def gather_last_dim(x: torch.Tensor) -> torch.Tensor:
@@ -54,9 +64,12 @@ def gather_last_dim(x: torch.Tensor) -> torch.Tensor:
     import torch.distributed as dist
 
     x = x.contiguous()
+    start = time.perf_counter()
     if _STATE.rank == 0:
         parts = [torch.empty_like(x) for _ in range(_STATE.size)]
         dist.gather(x, parts, dst=0, group=_STATE.group)
+        _count(start)
         return torch.cat(parts, dim=-1)
     dist.gather(x, None, dst=0, group=_STATE.group)
+    _count(start)
     return x[..., :0]

@@ -152,6 +152,7 @@ class MultiprocExecutor(Executor):
     def __init__(self, model_config: ModelConfig, world_size: int) -> None:
         self.world_size = world_size
         self.block_size = 16
+        self.execute_seconds = 0.0  # driver time in execute_model (benchmarks)
         pool = WorkerPool._current
         workers = pool.take(world_size) if pool is not None else []
         workers += [_spawn() for _ in range(world_size - len(workers))]
@@ -254,9 +255,12 @@ class MultiprocExecutor(Executor):
     def execute_model(
         self, sched: SchedulerOutput, logit_rows: list[tuple[int, int]]
     ) -> torch.Tensor:
+        start = time.perf_counter()
         step = build_step_input(sched, logit_rows, self.block_size)
         self._broadcast("execute_step", (step,), reply=False)
-        return torch.from_numpy(self._receive([0], None)[0])
+        logits = torch.from_numpy(self._receive([0], None)[0])
+        self.execute_seconds += time.perf_counter() - start
+        return logits
 
     def shutdown(self) -> None:
         self._finalizer()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import time
 from typing import Any
 
 import torch
@@ -39,6 +40,10 @@ class Worker:
         self.config = dataclasses.replace(model_config, device=device)
         self.cores = cores
         self.runner: Any = None
+        self.steps, self.step_seconds = 0, 0.0
+        from leaflm.engine.parallel_state import COMM
+
+        COMM.update(seconds=0.0, calls=0)
 
     def init_device(self) -> int:
         import torch.distributed as dist
@@ -66,8 +71,23 @@ class Worker:
         self.runner = ModelRunner(self.config)
 
     def execute_step(self, step: StepInput) -> torch.Tensor | None:
+        start = time.perf_counter()
         logits = self.runner.execute_step(step)
-        return logits.cpu() if self.rank == 0 else None
+        out = logits.cpu() if self.rank == 0 else None
+        self.step_seconds += time.perf_counter() - start
+        self.steps += 1
+        return out
+
+    def step_stats(self) -> dict[str, float]:
+        """Steps run, seconds in them, and the part spent in collectives (benchmarks)."""
+        from leaflm.engine.parallel_state import COMM
+
+        return {
+            "steps": self.steps,
+            "step_s": self.step_seconds,
+            "comm_s": COMM["seconds"],
+            "comm_calls": COMM["calls"],
+        }
 
     def node_id(self) -> str:
         import ray

@@ -106,8 +106,9 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
         owner, _, pname = target.rpartition(".")
         module = model.get_submodule(owner)
         spec = None  # at TP=1 every shard is the whole tensor: read it whole, check its shape
-        if tp_size() > 1 and hasattr(module, "checkpoint_shard"):
-            spec = module.checkpoint_shard(pname, shard)
+        shard_of = getattr(module, "checkpoint_shard", None)
+        if tp_size() > 1 and callable(shard_of):
+            spec = shard_of(pname, shard)
         tensor = read_tensor(handle, spec)
         with torch.no_grad():
             if shard >= 0:

@@ -108,6 +108,8 @@ class WorkerPool:
 
     def give_back(self, workers: list[tuple[Any, mpc.Connection]]) -> None:
         self.idle.extend(workers)
+        if not self._finalizer.alive:  # the pool closed while an engine held these
+            _stop_all(self.idle)
 
     def close(self) -> None:
         self._finalizer()
@@ -213,7 +215,7 @@ class MultiprocExecutor(Executor):
                     continue
                 rank = by_conn[id(obj)]
                 try:
-                    status, value = pickle.loads(obj.recv_bytes())
+                    status, value = pickle.loads(self.conns[rank].recv_bytes())
                 except (EOFError, OSError):
                     self._fail(self._died(rank))
                 if status == "error":

@@ -110,6 +110,7 @@ class BloomForCausalLM(CausalLM):
     def __init__(self, cfg: Any) -> None:
         model = BloomModel(cfg)
         attn = model.h[0].self_attention
+        assert isinstance(attn, BloomAttention)  # this rank's heads size its KV cache
         kv_shape = (cfg.n_layer, attn.num_heads, attn.head_dim)
         super().__init__(cfg, model, model.word_embeddings, kv_shape)
 

@@ -202,6 +202,7 @@ class FalconForCausalLM(CausalLM):
     def __init__(self, cfg: Any) -> None:
         model = FalconModel(cfg)
         attn = model.h[0].self_attention
+        assert isinstance(attn, FalconAttention)  # this rank's heads size its KV cache
         kv_shape = (cfg.num_hidden_layers, attn.num_kv_heads, attn.head_dim)
         super().__init__(cfg, model, model.word_embeddings, kv_shape)
 

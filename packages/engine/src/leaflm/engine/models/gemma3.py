@@ -171,7 +171,9 @@ class Gemma3ForCausalLM(CausalLM):
 
     def __init__(self, cfg: Any) -> None:
         model = Gemma3TextModel(cfg)
-        kv_shape = (cfg.num_hidden_layers, model.layers[0].self_attn.num_kv_heads, cfg.head_dim)
+        attn = model.layers[0].self_attn
+        assert isinstance(attn, Gemma3Attention)  # this rank's heads size its KV cache
+        kv_shape = (cfg.num_hidden_layers, attn.num_kv_heads, cfg.head_dim)
         super().__init__(cfg, model, model.embed_tokens, kv_shape)
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
 

@@ -139,6 +139,7 @@ class GPT2LMHeadModel(CausalLM):
             raise ValueError("GPT-2 with cross-attention (an encoder-decoder) is not supported")
         model = GPT2Model(cfg)
         attn = model.h[0].attn
+        assert isinstance(attn, GPT2Attention)  # this rank's heads size its KV cache
         super().__init__(cfg, model, model.wte, (cfg.n_layer, attn.num_heads, attn.head_dim))
 
     @classmethod

@@ -119,5 +119,6 @@ class GPTNeoXForCausalLM(CausalLM):
     def __init__(self, cfg: Any) -> None:
         model = GPTNeoXModel(cfg)
         attn = model.layers[0].attention
+        assert isinstance(attn, GPTNeoXAttention)  # this rank's heads size its KV cache
         kv_shape = (cfg.num_hidden_layers, attn.num_heads, attn.head_dim)
         super().__init__(cfg, model, model.embed_in, kv_shape)

@@ -2,7 +2,9 @@
 
 Per step the driver pickles the laid-out batch (`StepInput`) once and writes those bytes to
 each rank's pipe: one message per rank per step, a few KB for decode steps. Rank 0 sends
-back the logits rows (float32, pickled numpy); other ranks answer only when they fail.
+back the logits rows as a small header and then the raw float32 bytes, which the driver
+reads straight into a fresh array (no pickling of the rows: 12 MB a step at 64 sequences of a
+49k vocabulary); other ranks answer only when they fail.
 While waiting the driver also watches every worker's process sentinel, so a worker that
 dies (killed, OOM) fails the step at once instead of hanging in a collective.
 
@@ -33,6 +35,7 @@ import traceback
 import weakref
 from typing import Any
 
+import numpy as np
 import torch
 
 from leaflm.engine.config import ModelConfig
@@ -221,6 +224,16 @@ class MultiprocExecutor(Executor):
                 if status == "error":
                     exc, tb = value
                     self._fail(f"tensor-parallel worker rank {rank} failed:\n{tb}", exc)
+                if status == "array":  # the raw bytes follow the header
+                    shape, dtype = value
+                    value = np.empty(shape, dtype=dtype)
+                    try:
+                        if value.size:  # into a flat byte view: recv_bytes_into sizes by len()
+                            self.conns[rank].recv_bytes_into(value.reshape(-1).view(np.uint8))
+                        else:
+                            self.conns[rank].recv_bytes()
+                    except (EOFError, OSError):
+                        self._fail(self._died(rank))
                 results[rank] = value
                 pending.discard(rank)
         return results
@@ -305,9 +318,11 @@ def worker_main(conn: mpc.Connection) -> None:
             else:
                 assert worker is not None, "bind first"
                 result = worker.call(method, args)
-            if isinstance(result, torch.Tensor):
-                result = result.numpy()
-            if reply or (method == "execute_step" and result is not None):
+            if isinstance(result, torch.Tensor):  # logits rows: header, then raw bytes
+                array = np.ascontiguousarray(result.numpy())
+                conn.send_bytes(pickle.dumps(("array", (array.shape, array.dtype.str))))
+                conn.send_bytes(array.reshape(-1).view(np.uint8) if array.size else b"")
+            elif reply:
                 conn.send_bytes(pickle.dumps(("ok", result), protocol=_PROTOCOL))
         except BaseException as exc:  # report, then keep serving: the driver decides
             try:

@@ -74,3 +74,25 @@ def test_tp2_one_rank_per_node_matches_tp1(two_node_cluster, tiny_models):
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == 2
+
+
+def test_dead_actor_fails_the_requests_and_frees_the_bundles(two_node_cluster, tiny_models):
+    from leaflm.engine.executor import WorkerFailedError
+
+    llm = LLM(str(tiny_models("llama")), kv_cache_memory="1MiB", tensor_parallel_size=2)
+    try:
+        engine = llm.llm_engine
+        params = SamplingParams(temperature=0.0, max_tokens=50, ignore_eos=True)
+        engine.add_request("a", [5, 6, 7], params)
+        engine.step()
+        ray.kill(engine.executor.actors[1])
+        with pytest.raises(WorkerFailedError, match="rank 1 failed"):
+            for _ in range(100):
+                engine.step()
+        assert not engine.requests and engine.block_manager.all_free()
+    finally:
+        llm.shutdown()
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2

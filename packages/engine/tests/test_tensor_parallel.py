@@ -34,6 +34,8 @@ CASES = {
     "bloom": ("bloom", {}),
     "falcon": ("falcon", {}),
     "falcon_new": ("falcon_new", {}),
+    # One KV group for two ranks: each rank keeps half the group's query heads plus its k, v.
+    "falcon_new_one_kv_head": ("falcon_new", {"num_kv_heads": 1}),
     "falcon_alibi": ("falcon", {"alibi": True, "multi_query": False}),
 }
 

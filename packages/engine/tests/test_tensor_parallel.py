@@ -215,3 +215,32 @@ def test_a_rank_loads_its_slices_and_packs_them_like_any_weight(tiny_models):
     if pack_for_cpu(model):  # the weight method is independent of the sharding
         assert attn.qkv_proj.packed is not None and attn.qkv_proj.weight is None
     torch.testing.assert_close(attn.qkv_proj(x), x @ qkv.T, rtol=1e-5, atol=1e-5)
+
+
+def test_each_rank_runs_on_its_own_cores(tiny_models):
+    """Default: the visible cores split evenly, one OpenMP thread per core of the rank."""
+    import os
+
+    from leaflm.engine.executor.cpu_binding import rank_cores
+
+    with engine(tiny_models("llama"), kv_cache_memory="1MiB", tensor_parallel_size=2) as llm:
+        bindings = llm.llm_engine.executor.collective_rpc("cpu_binding")
+    expected = rank_cores(2)
+    assert [cores for cores, _ in bindings] == expected
+    assert [threads for _, threads in bindings] == [len(c) for c in expected]
+    visible = sorted(os.sched_getaffinity(0))
+    if len(visible) >= 2:  # disjoint, and together all the visible cores
+        assert not set(expected[0]) & set(expected[1])
+        assert sorted(expected[0] + expected[1]) == visible[: len(expected[0]) * 2]
+
+
+def test_core_binding_override(monkeypatch):
+    from leaflm.engine.executor import cpu_binding
+
+    monkeypatch.setenv(cpu_binding.ENV, "0-2,5|3-4")
+    assert cpu_binding.rank_cores(2) == [[0, 1, 2, 5], [3, 4]]
+    monkeypatch.setenv(cpu_binding.ENV, "all")
+    assert cpu_binding.rank_cores(2) == [None, None]
+    monkeypatch.setenv(cpu_binding.ENV, "0-3")
+    with pytest.raises(ValueError, match="one non-empty core set per rank"):
+        cpu_binding.rank_cores(2)

@@ -89,6 +89,10 @@ class Worker:
             "comm_calls": COMM["calls"],
         }
 
+    def cpu_binding(self) -> tuple[list[int], int]:
+        """(cores this process may run on, torch's intra-op threads)."""
+        return sorted(os.sched_getaffinity(0)), torch.get_num_threads()
+
     def node_id(self) -> str:
         import ray
 

@@ -321,7 +321,7 @@ def worker_main(conn: mpc.Connection) -> None:
             if isinstance(result, torch.Tensor):  # logits rows: header, then raw bytes
                 array = np.ascontiguousarray(result.numpy())
                 conn.send_bytes(pickle.dumps(("array", (array.shape, array.dtype.str))))
-                conn.send_bytes(array.reshape(-1).view(np.uint8) if array.size else b"")
+                conn.send_bytes(array.reshape(-1).view(np.uint8).data if array.size else b"")
             elif reply:
                 conn.send_bytes(pickle.dumps(("ok", result), protocol=_PROTOCOL))
         except BaseException as exc:  # report, then keep serving: the driver decides

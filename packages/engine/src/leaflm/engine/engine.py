@@ -1,9 +1,11 @@
 """LLMEngine: one step = schedule, run the model, sample, then update and emit outputs.
 
-    add_request -> Scheduler.schedule() -> ModelRunner.execute() -> Sampler
+    add_request -> Scheduler.schedule() -> Executor.execute_model() -> Sampler
                 -> OutputProcessor (append, detokenize, stop) -> RequestOutput per request
 
-The engine is single-threaded; `AsyncLLM` drives it from one background thread.
+The engine is single-threaded; `AsyncLLM` drives it from one background thread. The model
+runs behind an executor (`leaflm.engine.executor`): in-process for one device, else on one
+worker per tensor-parallel rank; everything else here runs once, in this process.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from typing import Any
 from leaflm.engine.block_manager import BlockManager
 from leaflm.engine.config import EngineArgs, ModelConfig
 from leaflm.engine.engine_setup import load_model_config, size_kv_cache
+from leaflm.engine.executor import make_executor
 from leaflm.engine.layers.sampler import Sampler
-from leaflm.engine.model_runner import ModelRunner, take_rows
+from leaflm.engine.model_runner import take_rows
 from leaflm.engine.output_processor import OutputProcessor
 from leaflm.engine.outputs import EngineStats, RequestMetrics, RequestOutput
 from leaflm.engine.sampling_params import SamplingParams
@@ -33,10 +36,19 @@ class LLMEngine:
         self.args = args
         start = time.perf_counter()
         self.model_config, self.tokenizer, self.eos_token_ids = load_model_config(args)
-        self.runner = ModelRunner(self.model_config)
-        cache = size_kv_cache(args, self.model_config, self.runner)
+        self.executor = make_executor(args, self.model_config)
+        try:
+            self._init_cache_and_state(args)
+        except BaseException:
+            self.executor.shutdown()
+            raise
+
+    def _init_cache_and_state(self, args: EngineArgs) -> None:
+        self.runner = getattr(self.executor, "runner", None)  # the in-process one (`uni`)
+        self.vocab_size = self.executor.vocab_size
+        cache = size_kv_cache(args, self.model_config, self.executor)  # type: ignore[arg-type]
         self.cache_config = cache
-        self.runner.init_kv_cache(cache.num_blocks, cache.block_size, cache.num_cpu_blocks)
+        self.executor.init_kv_cache(cache.num_blocks, cache.block_size, cache.num_cpu_blocks)
         self.block_manager = BlockManager(
             cache.num_blocks, cache.block_size, cache.enable_prefix_caching, cache.num_cpu_blocks
         )
@@ -45,7 +57,7 @@ class LLMEngine:
         self.scheduler = Scheduler(
             self.block_manager, args.max_num_seqs, budget, use_swap=cache.num_cpu_blocks > 0
         )
-        self.sampler = Sampler(self.runner.vocab_size, mc.device)
+        self.sampler = Sampler(self.vocab_size, self.executor.driver_device)
         self.outputs = OutputProcessor(self.tokenizer, mc.max_model_len)
         self.rng = random.Random(args.seed)
         self.requests: dict[str, Request] = {}
@@ -74,7 +86,7 @@ class LLMEngine:
             )
         if not ids:
             raise ValueError("prompt must not be empty")
-        vocab = self.runner.vocab_size
+        vocab = self.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
             raise ValueError(
@@ -104,8 +116,9 @@ class LLMEngine:
             raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        if params.logprobs is not None and params.logprobs > self.runner.vocab_size:
-            raise ValueError(f"logprobs must be <= vocab size {self.runner.vocab_size}")
+        if params.logprobs is not None and params.logprobs > self.vocab_size:
+            raise ValueError(f"logprobs must be <= vocab size {self.vocab_size}")
+        self.executor.check_alive()
         text: str | None
         if prompt_token_ids is not None and isinstance(prompt, str):
             text, ids = prompt, list(prompt_token_ids)
@@ -144,9 +157,13 @@ class LLMEngine:
         try:
             return self._run(sched, now)
         except Exception:
-            for seq in sched.seqs:  # never leak blocks: fail the requests of this batch
-                if seq.request.request_id in self.requests:
-                    self.abort(seq.request.request_id)
+            # Never leak blocks: fail the requests of this batch, or of every request once
+            # the workers are gone (the executor has shut them down).
+            failed = self.executor.failed is not None
+            doomed = list(self.requests) if failed else [s.request.request_id for s in sched.seqs]
+            for request_id in doomed:
+                if request_id in self.requests:
+                    self.abort(request_id)
             raise
 
     def _run(self, sched: SchedulerOutput, now: float) -> list[RequestOutput]:
@@ -168,7 +185,7 @@ class LLMEngine:
             if start + n == seq.num_tokens:
                 samplers.append((seq, len(rows)))
                 rows.append((i, n - 1))
-        logits = self.runner.execute(sched, rows)
+        logits = self.executor.execute_model(sched, rows)
 
         for seq, n in zip(sched.seqs, sched.num_tokens, strict=True):
             seq.num_computed_tokens += n
@@ -222,6 +239,10 @@ class LLMEngine:
                     seqs.append(child)
                     rows.append(row)
         return seqs, rows
+
+    def shutdown(self) -> None:
+        """Stop the executor's workers (idempotent; also happens at garbage collection)."""
+        self.executor.shutdown()
 
     # -- introspection -----------------------------------------------------------------------
     def stats(self) -> EngineStats:

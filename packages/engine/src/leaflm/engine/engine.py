@@ -42,6 +42,12 @@ class LLMEngine:
         except BaseException:
             self.executor.shutdown()
             raise
+        mc = self.model_config
+        logger.info(
+            "ready in %.1f s: %s on %s, %s, max_model_len=%d",
+            time.perf_counter() - start, mc.served_name, mc.device,
+            str(mc.dtype).replace("torch.", ""), mc.max_model_len,
+        )  # fmt: skip
 
     def _init_cache_and_state(self, args: EngineArgs) -> None:
         self.runner = getattr(self.executor, "runner", None)  # the in-process one (`uni`)
@@ -64,11 +70,6 @@ class LLMEngine:
         self._next_seq_id = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
-        logger.info(
-            "ready in %.1f s: %s on %s, %s, max_model_len=%d",
-            time.perf_counter() - start, mc.served_name, mc.device, str(mc.dtype).replace("torch.", ""),
-            mc.max_model_len,
-        )  # fmt: skip
 
     # -- requests ----------------------------------------------------------------------------
     def tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:

@@ -26,6 +26,7 @@ class Executor(ABC):
     # Where the driver's sampler runs: the logits `execute_model` returns live there.
     driver_device: torch.device = torch.device("cpu")
     failed: BaseException | None = None  # set once a worker failed; the executor is then dead
+    block_size = 16  # the KV block size the driver lays each step's batch out for
 
     @abstractmethod
     def collective_rpc(self, method: str, args: tuple[Any, ...] = ()) -> list[Any]:
@@ -50,6 +51,7 @@ class Executor(ABC):
         return max(self.collective_rpc("profile_peak_memory", (num_tokens, block_size)))
 
     def init_kv_cache(self, num_blocks: int, block_size: int, num_cpu_blocks: int) -> None:
+        self.block_size = block_size
         self.collective_rpc("init_kv_cache", (num_blocks, block_size, num_cpu_blocks))
 
     @property

@@ -156,7 +156,6 @@ def _finish(
 class MultiprocExecutor(Executor):
     def __init__(self, model_config: ModelConfig, world_size: int) -> None:
         self.world_size = world_size
-        self.block_size = 16
         self.execute_seconds = 0.0  # driver time in execute_model (benchmarks)
         pool = WorkerPool._current
         workers = pool.take(world_size) if pool is not None else []
@@ -262,10 +261,6 @@ class MultiprocExecutor(Executor):
         self._broadcast(method, args, reply=True)
         results = self._receive(list(range(self.world_size)), timeout)
         return [results[r] for r in range(self.world_size)]
-
-    def init_kv_cache(self, num_blocks: int, block_size: int, num_cpu_blocks: int) -> None:
-        self.block_size = block_size
-        super().init_kv_cache(num_blocks, block_size, num_cpu_blocks)
 
     def execute_model(
         self, sched: SchedulerOutput, logit_rows: list[tuple[int, int]]

@@ -76,7 +76,6 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             ray.init()
         self.world_size = world_size
-        self.block_size = 16
         cuda = model_config.device.type == "cuda"
         bundle = {"GPU": 1} if cuda else {"CPU": 1}
         strategy = os.environ.get(STRATEGY_ENV, "PACK")
@@ -148,10 +147,6 @@ class RayExecutor(Executor):
 
     def collective_rpc(self, method: str, args: tuple[Any, ...] = ()) -> list[Any]:
         return self._get([a.call.remote(method, args) for a in self.actors])
-
-    def init_kv_cache(self, num_blocks: int, block_size: int, num_cpu_blocks: int) -> None:
-        self.block_size = block_size
-        super().init_kv_cache(num_blocks, block_size, num_cpu_blocks)
 
     def execute_model(
         self, sched: SchedulerOutput, logit_rows: list[tuple[int, int]]

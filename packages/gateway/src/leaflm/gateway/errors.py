@@ -133,6 +133,21 @@ def describe_validation(exc: RequestValidationError) -> APIError:
     return bad_request(message, param=param)
 
 
+def internal_error(exc: BaseException) -> APIError:
+    """What a client learns of an unexpected failure: the engine's own account when its
+    workers failed (the server is unhealthy from then on: say so), else only the type."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if type(cause).__name__ == "WorkerFailedError":  # leaflm.engine.executor
+            return APIError(503, f"The engine failed: {cause}")
+        cause = cause.__cause__
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "allocate memory" in text or "out of memory" in text:
+        # This request's allocation failed; the server lives on.
+        return APIError(503, "Not enough memory for this request; retry smaller.")
+    return APIError(500, f"Internal server error ({type(exc).__name__}); see the server log.")
+
+
 def install_handlers(app: FastAPI) -> None:
     """Route FastAPI's exceptions and ours through `error_response`."""
 
@@ -154,10 +169,4 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s", request.url.path)
-        text = str(exc)
-        if isinstance(exc, MemoryError) or "allocate memory" in text or "out of memory" in text:
-            # This request's allocation failed; the server lives on.
-            err = APIError(503, "Not enough memory for this request; retry smaller.")
-        else:  # the log has the details; the client gets no internals
-            err = APIError(500, f"Internal server error ({type(exc).__name__}).")
-        return error_response(request.url.path, err)
+        return error_response(request.url.path, internal_error(exc))

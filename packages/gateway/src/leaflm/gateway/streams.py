@@ -17,7 +17,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from leaflm.gateway.errors import APIError, error_body, is_tgi_path, logger
+from leaflm.gateway.errors import APIError, error_body, internal_error, is_tgi_path, logger
 
 T = TypeVar("T")
 _DONE = object()
@@ -140,7 +140,7 @@ async def _guarded(body: AsyncIterator[str], path: str) -> AsyncIterator[str]:
             err = APIError(503, str(exc))
         else:
             logger.exception("stream on %s failed", path)
-            err = APIError(500, f"Generation failed ({type(exc).__name__}); see the server log.")
+            err = internal_error(exc)
         _, payload = error_body(path, err)
         yield sse(payload)
         if not is_tgi_path(path):

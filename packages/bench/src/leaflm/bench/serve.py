@@ -24,7 +24,7 @@ import httpx
 import requests
 
 from leaflm.bench.metrics import RequestRecord, summarize
-from leaflm.bench.peers import PEER_TARGETS
+from leaflm.bench.peers import PEER_TARGETS, TreePeakRss
 from leaflm.bench.servers import KINDS, ManagedServer, free_port, server_command
 from leaflm.bench.sse import APIS, EOS_STYLES, Target, build_payload, stream_request
 from leaflm.bench.workload import BenchRequest, arrival_times
@@ -269,6 +269,7 @@ def run_serve(
                                          max(levels))  # fmt: skip
                 log(f"[serve] starting {spec.name}: {' '.join(server.command)}")
                 with server:
+                    assert server.process is not None
                     target = Target(
                         spec.name,
                         server.base_url,
@@ -277,7 +278,10 @@ def run_serve(
                         _IGNORE_EOS[spec.kind],
                         spec.extra_body,
                     )
-                    t_rows, t_raw = sweep_target(spec, workload, levels, target, **common)
+                    with TreePeakRss(server.process.pid) as rss:
+                        t_rows, t_raw = sweep_target(spec, workload, levels, target, **common)
+                for row in t_rows:  # the server's whole process tree, over its whole sweep
+                    row["server_peak_rss_mb"] = rss.peak_mb
         except Exception as exc:
             problems.append(f"{spec.name}: {exc}")
             log(f"[serve] {spec.name} skipped: {exc}")

@@ -103,15 +103,19 @@ def _cpu_list() -> str:
     return ",".join(map(str, cpus))
 
 
-def peer_env(kv_cache_gib: int = KV_CACHE_GIB) -> dict[str, str]:
-    """The environment a vLLM-CPU process needs, on top of this one."""
+def peer_env(kv_cache_gib: int | None = None) -> dict[str, str]:
+    """The environment a vLLM-CPU process needs, on top of this one.
+
+    The KV cache gets `kv_cache_gib` GiB, else `$VLLM_CPU_KVCACHE_SPACE`, else 4.
+    """
+    kv = kv_cache_gib or int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or KV_CACHE_GIB)
     preload = [str(p) for p in (find_tcmalloc(), home() / "lib" / "libiomp5.so") if p]
     return {
         **os.environ,
         "LD_PRELOAD": ":".join(preload),
         "VLLM_TARGET_DEVICE": "cpu",
         "VLLM_CPU_OMP_THREADS_BIND": _cpu_list(),
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+        "VLLM_CPU_KVCACHE_SPACE": str(kv),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",

@@ -111,9 +111,15 @@ def test_vllm_cpu_target_starts_answers_and_stops(workload, tmp_path):
 
 
 @needs_vllm
-def test_vllm_cpu_offline_generates_every_token(workload):
+def test_vllm_cpu_offline_generates_leaflms_greedy_tokens(workload):
     from leaflm.bench.peers.offline import run_vllm_cpu
+    from leaflm.engine import LLM, SamplingParams
 
     model_dir, requests = workload
-    result = run_vllm_cpu(requests, model_dir)
+    theirs: list[list[int]] = []
+    result = run_vllm_cpu(requests, model_dir, token_ids=theirs)
     assert (result.num_requests, result.output_tokens) == (4, 4 * TOKENS)
+    llm = LLM(model=str(model_dir), device="cpu", dtype="float32")
+    params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=TOKENS)
+    ours = llm.generate([r.prompt_token_ids for r in requests], params, use_tqdm=False)
+    assert [list(o.outputs[0].token_ids) for o in ours] == theirs  # same weights, both fp32

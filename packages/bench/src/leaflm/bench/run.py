@@ -58,11 +58,18 @@ def _config(args: argparse.Namespace, model_dir: Path, device: str) -> dict[str,
     return cfg
 
 
+def _check_llama_model(args: argparse.Namespace, names: list[str]) -> None:
+    """llama.cpp runs the embedded model's GGUF: with another --model it would race others."""
+    if args.model is not None and any(n.split("=", 1)[0].startswith("llama-cpp") for n in names):
+        raise ValueError("the llama-cpp peers run the embedded default model only; drop --model")
+
+
 def _offline(
     args: argparse.Namespace, model_dir: Path, device: str, failures: list[str] | None = None
 ) -> list[OfflineResult]:
     from leaflm.bench.offline import run_throughput
 
+    _check_llama_model(args, list(args.backends))
     requests = _workload(args, model_dir, args.output_len)
     subsets = {"hf-single": args.hf_single_requests, "hf-static": args.hf_static_requests,
                "hf-cb": args.hf_cb_requests}  # fmt: skip
@@ -81,7 +88,12 @@ def _serving(
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
     from leaflm.bench.serve import parse_target, run_serve
 
-    specs = [parse_target(t) for t in args.targets] + [parse_target(t) for t in args.target]
+    _check_llama_model(args, [*args.targets, *args.target])
+    min_tokens = set(getattr(args, "min_tokens_for", []) or [])
+    specs = [parse_target(t) for t in args.targets] + [
+        parse_target(t, eos_style="min_tokens" if t.split("=", 1)[0] in min_tokens else "")
+        for t in args.target
+    ]
     requests = _workload(args, model_dir, output_len)
     return run_serve(specs, requests, str(model_dir), args.concurrency, log_dir,
                      slo=parse_slo(args.slo), per_user=args.requests_per_user,

@@ -24,18 +24,23 @@ import httpx
 import requests
 
 from leaflm.bench.metrics import RequestRecord, summarize
+from leaflm.bench.peers import PEER_TARGETS, TreePeakRss
 from leaflm.bench.servers import KINDS, ManagedServer, free_port, server_command
-from leaflm.bench.sse import APIS, Target, build_payload, stream_request
+from leaflm.bench.sse import APIS, EOS_STYLES, Target, build_payload, stream_request
 from leaflm.bench.workload import BenchRequest, arrival_times
 
-# How each managed server is told to ignore EOS (see sse.Target.ignore_eos):
-# transformers serve rejects `ignore_eos` but takes a GenerationConfig as JSON.
+# How each managed server is told to ignore EOS (see sse.EOS_STYLES): every kind takes
+# `ignore_eos` but transformers serve, which rejects it and takes a GenerationConfig as JSON.
 _IGNORE_EOS = {
     "leaflm": "field",
     "naive": "field",
     "hf-serve": "generation_config",
     "hf-serve-cb": "generation_config",
+    "vllm-cpu": "field",
+    "llama-cpp": "field",
+    "llama-cpp-q4": "field",
 }
+MANAGED = (*KINDS, *PEER_TARGETS)
 
 
 @dataclass
@@ -43,29 +48,36 @@ class TargetSpec:
     """A target by name: a managed server kind, or an external URL (`name=URL`)."""
 
     name: str
-    kind: str | None = None  # one of servers.KINDS, None for an external URL
+    kind: str | None = None  # one of MANAGED, None for an external URL
     url: str | None = None
     api: str = "completions"
-    ignore_eos: str = ""  # for URL targets; managed kinds use _IGNORE_EOS
+    ignore_eos: str = "field"  # for URL targets; managed kinds use _IGNORE_EOS
     extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 MIN_LEVEL_SECONDS = 10.0  # a level with less time left than this is not started
 
 
-def parse_target(text: str, api: str = "completions") -> TargetSpec:
-    """`leaflm`, `hf-serve`, `hf-serve-cb`, `naive`, or `NAME=URL` for a running server.
+def parse_target(text: str, api: str = "completions", eos_style: str = "") -> TargetSpec:
+    """A managed kind (`leaflm`, `hf-serve`, `hf-serve-cb`, `naive`, and the peers `vllm-cpu`,
+    `llama-cpp`, `llama-cpp-q4`), or `NAME=URL` for a running server.
 
     A URL ending in `/generate_stream` is driven with TGI's native API; any other URL is an
     OpenAI-compatible base URL. Only 127.0.0.1/localhost URLs are accepted (run containers
-    with host networking). A URL target named like a managed kind (`leaflm=URL`) is sent
-    that kind's ignore-EOS knob.
+    with host networking). A URL target gets the same `ignore_eos: true` as every managed
+    one, unless it is named like a managed kind (`hf-serve=URL` gets that kind's knob) or
+    `eos_style` (one of sse.EOS_STYLES) says otherwise, e.g. `min_tokens` for a server that
+    rejects `ignore_eos`.
     """
     if api not in APIS:
         raise ValueError(f"unknown api {api!r}: choose from {', '.join(APIS)}")
+    if eos_style and eos_style not in EOS_STYLES:
+        raise ValueError(f"unknown ignore-EOS style {eos_style!r}: use one of {EOS_STYLES}")
     if "=" not in text:
-        if text not in KINDS:
-            raise ValueError(f"unknown target {text!r}: use one of {', '.join(KINDS)} or NAME=URL")
+        if text not in MANAGED:
+            raise ValueError(
+                f"unknown target {text!r}: use one of {', '.join(MANAGED)} or NAME=URL"
+            )
         return TargetSpec(name=text, kind=text, api=api)
     name, url = text.split("=", 1)
     host = httpx.URL(url).host
@@ -73,7 +85,8 @@ def parse_target(text: str, api: str = "completions") -> TargetSpec:
         raise ValueError(f"bad target {text!r}: expected NAME=http://127.0.0.1:PORT[/...]")
     if url.rstrip("/").endswith("/generate_stream"):
         api = "tgi"
-    return TargetSpec(name=name, url=url, api=api, ignore_eos=_IGNORE_EOS.get(name, ""))
+    style = eos_style or ("none" if api == "tgi" else _IGNORE_EOS.get(name, "field"))
+    return TargetSpec(name=name, url=url, api=api, ignore_eos=style)
 
 
 def _model_id(base_url: str) -> str:
@@ -184,6 +197,27 @@ def sweep_target(
     return rows, raw
 
 
+def _managed_server(
+    kind: str,
+    model_dir: str,
+    port: int,
+    log_path: Path,
+    device: str,
+    dtype: str,
+    users: int,
+    kv_cache_memory: str | None = None,
+) -> ManagedServer:
+    """A fresh, not yet started server of `kind`; a peer gets `users` parallel slots."""
+    if kind in PEER_TARGETS:
+        from leaflm.bench.peers.targets import peer_server
+
+        if device != "cpu":
+            raise ValueError(f"peer target {kind!r} runs on the CPU only, not {device!r}")
+        return peer_server(kind, model_dir, port, log_path, parallel=users)
+    cmd = server_command(kind, model_dir, port, device, dtype, kv_cache_memory)
+    return ManagedServer(kind, cmd, port, log_path)
+
+
 def run_serve(
     specs: list[TargetSpec],
     workload: list[BenchRequest],
@@ -241,10 +275,12 @@ def run_serve(
                 t_rows, t_raw = sweep_target(spec, workload, levels, target, **common)
             else:
                 port = free_port()
-                cmd = server_command(spec.kind, model_dir, port, device, dtype, kv_cache_memory)
                 log_path = Path(log_dir) / f"server-{spec.name}.log"
-                log(f"[serve] starting {spec.name}: {' '.join(cmd)}")
-                with ManagedServer(spec.name, cmd, port, log_path) as server:
+                server = _managed_server(spec.kind, model_dir, port, log_path, device, dtype,
+                                         max(levels), kv_cache_memory)  # fmt: skip
+                log(f"[serve] starting {spec.name}: {' '.join(server.command)}")
+                with server:
+                    assert server.process is not None
                     target = Target(
                         spec.name,
                         server.base_url,
@@ -253,7 +289,10 @@ def run_serve(
                         _IGNORE_EOS[spec.kind],
                         spec.extra_body,
                     )
-                    t_rows, t_raw = sweep_target(spec, workload, levels, target, **common)
+                    with TreePeakRss(server.process.pid) as rss:
+                        t_rows, t_raw = sweep_target(spec, workload, levels, target, **common)
+                for row in t_rows:  # the server's whole process tree, over its whole sweep
+                    row["server_peak_rss_mb"] = rss.peak_mb
         except Exception as exc:
             problems.append(f"{spec.name}: {exc}")
             log(f"[serve] {spec.name} skipped: {exc}")

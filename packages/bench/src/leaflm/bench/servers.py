@@ -100,11 +100,13 @@ class ManagedServer:
         log_path: str | Path,
         health_path: str = "/v1/models",
         startup_timeout: float = 300.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name, self.command, self.port = name, command, port
         self.log_path = Path(log_path)
         self.health_path = health_path
         self.startup_timeout = startup_timeout
+        self.env = env  # the whole environment, if not this process's
         self.process: subprocess.Popen | None = None
 
     @property
@@ -114,7 +116,7 @@ class ManagedServer:
     def __enter__(self) -> ManagedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {
-            **os.environ,
+            **(self.env if self.env is not None else os.environ),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",

@@ -18,22 +18,29 @@ from leaflm.bench.metrics import RequestRecord
 
 APIS = ("completions", "chat", "tgi")
 
+# How a target is told to ignore EOS, so that every target generates exactly max_tokens:
+# "field": `ignore_eos: true` (vLLM, vLLM-CPU, leaflm, llama-server and the naive server all
+# take it; the default for every OpenAI-compatible target); "min_tokens": `min_tokens` =
+# `max_tokens`, for a server that rejects `ignore_eos`; "generation_config": a Transformers
+# GenerationConfig with `min_new_tokens` (the only form `transformers serve` takes); "none":
+# nothing (TGI's API has no such knob: outputs may end early, counts come from the server).
+EOS_STYLES = ("field", "min_tokens", "generation_config", "none")
+
 
 @dataclass
 class Target:
     """An HTTP endpoint under test.
 
-    `ignore_eos` says how to make the server generate exactly `max_tokens` tokens:
-    "field" sends vLLM's `ignore_eos: true`; "generation_config" sends a Transformers
-    GenerationConfig with `min_new_tokens` (what `transformers serve` accepts); "" sends
-    nothing (outputs may then end early at EOS; token counts come from the server).
+    `ignore_eos` says how to make the server generate exactly `max_tokens` tokens (see
+    EOS_STYLES); every target of a run gets the same request body but for this knob, and
+    only servers that reject `ignore_eos` get an equivalent.
     """
 
     name: str
     base_url: str
     api: str = "completions"
     model: str = ""
-    ignore_eos: str = ""
+    ignore_eos: str = "field"
     extra_body: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -66,8 +73,12 @@ def build_payload(
         body["messages"] = messages or [{"role": "user", "content": prompt}]
     else:
         body["prompt"] = prompt
+    if target.ignore_eos not in EOS_STYLES:
+        raise ValueError(f"unknown ignore-EOS style {target.ignore_eos!r}: use one of {EOS_STYLES}")
     if target.ignore_eos == "field":
         body["ignore_eos"] = True
+    elif target.ignore_eos == "min_tokens":
+        body["min_tokens"] = max_tokens
     elif target.ignore_eos == "generation_config":
         config = {"max_new_tokens": max_tokens, "min_new_tokens": max_tokens, "do_sample": False}
         body["generation_config"] = json.dumps(config)

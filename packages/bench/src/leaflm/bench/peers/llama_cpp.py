@@ -1,0 +1,216 @@
+"""llama.cpp as a peer: built once from the source vendored in the `llama-cpp-python` sdist.
+
+The sdist is the one source of llama.cpp a package registry carries. Its vendored tree is
+configured with `-DGGML_NATIVE=ON` (the build machine's own instruction set, as a user
+building it would) and with every option that downloads something at build time turned off
+(the web UI, curl, OpenSSL). Only four binaries are built, statically linked, into
+`peers_root()/llama-cpp-<version>/bin`; the build directory is thrown away after. Targets:
+`llama-cpp` serves an F32 GGUF made from the default model's Q4_1 file (the same weights
+leaflm runs in float32), `llama-cpp-q4` serves the file as shipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from leaflm.bench.peers import not_installed, peers_root
+
+VERSION = "0.3.36"  # llama-cpp-python, whose sdist vendors llama.cpp
+BINARIES = ("llama-server", "llama-batched-bench", "llama-bench", "llama-quantize")
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=ON",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_LLGUIDANCE=OFF",
+)
+
+
+def home() -> Path:
+    return peers_root() / f"llama-cpp-{VERSION}"
+
+
+def binary(name: str) -> Path:
+    """The path of a built binary; PeerNotInstalledError if the build is missing."""
+    path = home() / "bin" / name
+    if not path.is_file():
+        raise not_installed(f"llama.cpp ({name})")
+    return path
+
+
+def is_built() -> bool:
+    return all((home() / "bin" / b).is_file() for b in BINARIES)
+
+
+def build(jobs: int = 2, niceness: int = 10, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Download the sdist, build the binaries, publish them atomically; a no-op once built.
+
+    Returns the build record (`build.json`: version, flags, seconds the build took).
+    """
+    info_path = home() / "build.json"
+    if is_built() and info_path.is_file():
+        log(f"[llama.cpp] already built in {home()}")
+        return json.loads(info_path.read_text())
+    peers_root().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=peers_root(), prefix=".llama-build-") as tmp:
+        work = Path(tmp)
+        log(f"[llama.cpp] downloading the llama-cpp-python=={VERSION} sdist")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             f"llama-cpp-python=={VERSION}", "-d", str(work)],
+            check=True,
+        )  # fmt: skip
+        (sdist,) = work.glob("llama_cpp_python-*.tar.gz")
+        with tarfile.open(sdist) as tar:
+            tar.extractall(work, filter="data")
+        source = work / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp"
+        build_dir = work / "build"
+        nice = ["nice", "-n", str(niceness)] if niceness else []
+        start = time.monotonic()
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        configure = ["cmake", "-S", str(source), "-B", str(build_dir), *generator, *CMAKE_FLAGS]
+        log(f"[llama.cpp] {' '.join(configure)}")
+        subprocess.run(configure, check=True)
+        compile_cmd = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *BINARIES]
+        log(f"[llama.cpp] {' '.join(compile_cmd)} (this takes a while)")
+        subprocess.run([*nice, *compile_cmd], check=True)
+        seconds = time.monotonic() - start
+        staged = work / "publish"
+        (staged / "bin").mkdir(parents=True)
+        for name in BINARIES:
+            shutil.copy2(build_dir / "bin" / name, staged / "bin" / name)
+        info = {
+            "llama_cpp_python": VERSION,
+            "cmake_flags": list(CMAKE_FLAGS),
+            "jobs": jobs,
+            "nice": niceness,
+            "build_seconds": round(seconds, 1),
+        }
+        (staged / "build.json").write_text(json.dumps(info, indent=2) + "\n")
+        if home().exists():
+            shutil.rmtree(home())
+        os.replace(staged, home())
+    log(f"[llama.cpp] built in {seconds:.0f} s into {home()}")
+    return info
+
+
+def default_q4_gguf() -> Path:
+    from leaflm.engine.default_model import known_model_gguf
+
+    return known_model_gguf()
+
+
+def f32_gguf_path(source: Path | None = None) -> Path:
+    source = source or default_q4_gguf()
+    return home() / "models" / (source.name.replace(".Q4_1.gguf", "") + ".F32.gguf")
+
+
+def make_f32_gguf(source: Path | None = None, log: Callable[[str], None] = print) -> Path:
+    """An F32 GGUF of `source` (default: the embedded Q4_1 model): the weights leaflm runs."""
+    source = source or default_q4_gguf()
+    target = f32_gguf_path(source)
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    cmd = [str(binary("llama-quantize")), "--allow-requantize", str(source), str(partial), "F32"]
+    log(f"[llama.cpp] {' '.join(cmd)}")
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, target)
+    return target
+
+
+def target_gguf(target: str) -> Path:
+    """The model file a target serves: `llama-cpp` the F32 file, `llama-cpp-q4` as shipped."""
+    if target == "llama-cpp-q4":
+        return default_q4_gguf()
+    if target == "llama-cpp":
+        path = f32_gguf_path()
+        if not path.is_file():
+            raise not_installed(f"the F32 GGUF for llama.cpp ({path})")
+        return path
+    raise ValueError(f"unknown llama.cpp target {target!r}")
+
+
+def threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def server_command(
+    target: str, port: int, parallel: int = 16, ctx_per_slot: int = 512, alias: str = ""
+) -> list[str]:
+    """`llama-server` on 127.0.0.1:`port` with `parallel` slots of `ctx_per_slot` tokens."""
+    cmd = [
+        str(binary("llama-server")),
+        "-m", str(target_gguf(target)),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--parallel", str(parallel),
+        "-c", str(parallel * ctx_per_slot),
+        "--threads", str(threads()),
+        "--no-webui",
+    ]  # fmt: skip
+    return cmd + (["--alias", alias] if alias else [])
+
+
+def batched_bench_command(
+    target: str, prompt_len: int = 128, output_len: int = 128, sequences: int = 64
+) -> list[str]:
+    """`llama-batched-bench`: `sequences` parallel sequences of `prompt_len` in / `output_len` out."""
+    ctx = sequences * (prompt_len + output_len)
+    return [
+        str(binary("llama-batched-bench")),
+        "-m", str(target_gguf(target)),
+        "-c", str(ctx),
+        "-b", "2048",
+        "-ub", "512",
+        "-npp", str(prompt_len),
+        "-ntg", str(output_len),
+        "-npl", str(sequences),
+        "--threads", str(threads()),
+        "--output-format", "jsonl",
+    ]  # fmt: skip
+
+
+_TABLE_ROW = re.compile(r"^\|\s*\d+\s*\|")
+_COLUMNS = ("pp", "tg", "pl", "n_kv", "t_pp", "speed_pp", "t_tg", "speed_tg", "t", "speed")
+
+
+def parse_batched_bench(text: str) -> list[dict[str, float]]:
+    """The result rows of `llama-batched-bench` output, JSONL or its markdown table.
+
+    Each row has pp, tg, pl (sequences), n_kv, t_pp/t_tg/t (seconds) and the matching
+    speeds (tokens/s). ValueError if the output holds no result row.
+    """
+    rows: list[dict[str, float]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{") and '"speed_tg"' in line:
+            data = json.loads(line)
+            rows.append({k: float(data[k]) for k in _COLUMNS})
+        elif _TABLE_ROW.match(line):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows.append({k: float(v) for k, v in zip(_COLUMNS, cells, strict=True)})
+    if not rows:
+        raise ValueError(f"no result rows in llama-batched-bench output:\n{text[-1500:]}")
+    return rows

@@ -13,6 +13,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from leaflm.engine.async_llm import AsyncLLM
+from leaflm.engine.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
 from leaflm.engine.config import EngineArgs
 from leaflm.engine.engine import LLMEngine
 from leaflm.engine.llm import LLM
@@ -30,6 +31,9 @@ __version__ = "0.1.0"
 __all__ = [
     "LLM",
     "AsyncLLM",
+    "BeamSearchOutput",
+    "BeamSearchParams",
+    "BeamSearchSequence",
     "CompletionOutput",
     "EngineArgs",
     "EngineStats",

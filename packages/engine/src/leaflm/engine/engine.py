@@ -12,6 +12,7 @@ import random
 import time
 from typing import Any
 
+from leaflm.engine.beam_search import BeamSearcher, BeamSearchParams
 from leaflm.engine.block_manager import BlockManager
 from leaflm.engine.config import EngineArgs, ModelConfig
 from leaflm.engine.engine_setup import load_model_config, size_kv_cache
@@ -44,6 +45,7 @@ class LLMEngine:
         )
         self.sampler = Sampler(self.runner.vocab_size, mc.device)
         self.outputs = OutputProcessor(self.tokenizer, mc.max_model_len)
+        self.beam_search = BeamSearcher(self)
         self.rng = random.Random(args.seed)
         self.requests: dict[str, Request] = {}
         self._next_seq_id = 0
@@ -83,15 +85,24 @@ class LLMEngine:
         self,
         request_id: str,
         prompt: str | list[int],
-        params: SamplingParams | None = None,
+        params: SamplingParams | BeamSearchParams | None = None,
         arrival_time: float | None = None,
         prompt_token_ids: list[int] | None = None,
     ) -> None:
         """Validate and queue a request; raises ValueError for bad input.
 
         `prompt_token_ids`, when given, are the already-validated tokens of a text `prompt`.
+        `BeamSearchParams` make it a beam search request (see beam_search.py).
         """
         params = params if params is not None else SamplingParams()
+        beam = None
+        if isinstance(params, BeamSearchParams):
+            if params.beam_width > self.args.max_num_seqs:
+                raise ValueError(
+                    f"beam_width must be <= max_num_seqs ({self.args.max_num_seqs}), "
+                    f"got {params.beam_width}"
+                )
+            beam, params = params, params.sampling_params()
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
         if request_id in self.requests:
@@ -116,6 +127,8 @@ class LLMEngine:
         seed = params.seed if params.seed is not None else self.rng.getrandbits(63)
         seq = Sequence(self._new_seq_id(), req, 0, seed & _SEED_MASK)
         req.seqs.append(seq)
+        if beam is not None:
+            self.beam_search.add(req, seq, beam)
         self.requests[request_id] = req
         self.scheduler.add(seq)
         self.prompt_tokens_total += len(ids)
@@ -126,6 +139,7 @@ class LLMEngine:
         if req is None:
             return None
         req.aborted = True
+        self.beam_search.discard(request_id)
         for seq in req.seqs:
             if not seq.is_finished:
                 seq.finish_reason = "abort"
@@ -176,8 +190,11 @@ class LLMEngine:
         if prompt_targets:
             self.outputs.add_prompt_logprobs(logits, prompt_targets)
         sample_seqs, sample_rows = self._fork(samplers)
+        beam_outs = []
+        if self.beam_search.groups:  # takes its sequences out of sample_seqs / sample_rows
+            beam_outs = self.beam_search.step(logits, sample_seqs, sample_rows)
         if not sample_seqs:
-            return []
+            return beam_outs
         result = self.sampler(take_rows(logits, sample_rows), sample_seqs)
 
         touched: dict[str, Request] = {}
@@ -202,7 +219,7 @@ class LLMEngine:
             out = self.outputs.make_output(req)
             if out is not None:
                 outs.append(out)
-        return outs
+        return outs + beam_outs
 
     def _fork(self, samplers: list[tuple[Sequence, int]]) -> tuple[list[Sequence], list[int]]:
         """Sequences to sample and their logits rows; forks n/best_of siblings after prefill."""

@@ -12,6 +12,7 @@ import itertools
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from leaflm.engine.beam_search import BeamGroup
     from leaflm.engine.detokenizer import IncrementalDetokenizer
     from leaflm.engine.outputs import Logprob, RequestMetrics
     from leaflm.engine.sampling_params import SamplingParams
@@ -52,6 +53,7 @@ class Request:
         )
         self.forked = False
         self.aborted = False
+        self.beam: BeamGroup | None = None  # set for beam search requests
 
     @property
     def needs_prompt_logprobs(self) -> bool:

@@ -25,6 +25,7 @@ from leaflm.engine.outputs import (
     RequestOutput,
 )
 from leaflm.engine.sampling_params import SamplingParams
+from leaflm.engine.structured_outputs import StructuredOutputsParams
 
 __version__ = "0.1.0"
 
@@ -42,5 +43,6 @@ __all__ = [
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
+    "StructuredOutputsParams",
     "__version__",
 ]

@@ -16,6 +16,7 @@ from leaflm.engine.beam_search import BeamSearcher, BeamSearchParams
 from leaflm.engine.block_manager import BlockManager
 from leaflm.engine.config import EngineArgs, ModelConfig
 from leaflm.engine.engine_setup import load_model_config, size_kv_cache
+from leaflm.engine.layers.logit_controls import prepare_request
 from leaflm.engine.layers.sampler import Sampler
 from leaflm.engine.model_runner import ModelRunner, take_rows
 from leaflm.engine.output_processor import OutputProcessor
@@ -23,6 +24,7 @@ from leaflm.engine.outputs import EngineStats, RequestMetrics, RequestOutput
 from leaflm.engine.sampling_params import SamplingParams
 from leaflm.engine.scheduler import Scheduler, SchedulerOutput
 from leaflm.engine.sequence import Request, Sequence
+from leaflm.engine.structured_outputs import GrammarCache
 
 _SEED_MASK = (1 << 63) - 1
 
@@ -46,6 +48,9 @@ class LLMEngine:
         self.sampler = Sampler(self.runner.vocab_size, mc.device)
         self.outputs = OutputProcessor(self.tokenizer, mc.max_model_len)
         self.beam_search = BeamSearcher(self)
+        self.grammars = GrammarCache(
+            self.tokenizer, self.runner.vocab_size, sorted(self.eos_token_ids)
+        )
         self.rng = random.Random(args.seed)
         self.requests: dict[str, Request] = {}
         self._next_seq_id = 0
@@ -53,8 +58,13 @@ class LLMEngine:
         self.generation_tokens_total = 0
 
     # -- requests ----------------------------------------------------------------------------
-    def tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
-        """(prompt text or None, token ids), validating what users may pass as a prompt."""
+    def tokenize(
+        self, prompt: str | list[int], truncate_prompt_tokens: int | None = None
+    ) -> tuple[str | None, list[int]]:
+        """(prompt text or None, token ids), validating what users may pass as a prompt.
+
+        `truncate_prompt_tokens` keeps only that many of the prompt's last tokens.
+        """
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt)
             text: str | None = prompt
@@ -68,6 +78,8 @@ class LLMEngine:
             )
         if not ids:
             raise ValueError("prompt must not be empty")
+        if truncate_prompt_tokens is not None:
+            ids = ids[-truncate_prompt_tokens:]
         vocab = self.runner.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
@@ -121,9 +133,12 @@ class LLMEngine:
         if prompt_token_ids is not None and isinstance(prompt, str):
             text, ids = prompt, list(prompt_token_ids)
         else:
-            text, ids = self.tokenize(prompt)
+            text, ids = self.tokenize(prompt, params.truncate_prompt_tokens)
         metrics = RequestMetrics(arrival_time or time.monotonic())
         req = Request(request_id, text, ids, params, metrics, self.eos_token_ids)
+        prepare_request(
+            req, self.tokenizer, self.runner.vocab_size, self.model_config.device, self.grammars
+        )
         seed = params.seed if params.seed is not None else self.rng.getrandbits(63)
         seq = Sequence(self._new_seq_id(), req, 0, seed & _SEED_MASK)
         req.seqs.append(seq)

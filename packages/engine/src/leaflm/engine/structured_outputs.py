@@ -19,6 +19,7 @@ Data flow:
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -76,8 +77,9 @@ class StructuredOutputsParams:
 
     def cache_key(self) -> tuple[str, str]:
         value = getattr(self, self.kind)
-        if isinstance(value, dict):
-            value = json.dumps(value, sort_keys=True)
+        if self.kind == "json":  # one key for a schema however it is spelled
+            schema = json.loads(value) if isinstance(value, str) else value
+            value = json.dumps(schema, sort_keys=True)
         elif isinstance(value, (list, tuple)):
             value = json.dumps(list(value))
         return self.kind, str(value)
@@ -120,10 +122,9 @@ class GrammarCache:
             kind = spec.kind
             try:
                 if kind == "json":
-                    # Compact JSON: free whitespace lets small models pad forever.
-                    compiled = compiler.compile_json_schema(spec.json, any_whitespace=False)
-                elif kind == "json_object":
-                    compiled = compiler.compile_builtin_json_grammar()
+                    compiled = _compile_json_schema(compiler, spec.json)
+                elif kind == "json_object":  # OpenAI's json_object: any JSON object
+                    compiled = _compile_json_schema(compiler, {"type": "object"})
                 elif kind == "regex":
                     compiled = compiler.compile_regex(spec.regex)
                 elif kind == "choice":
@@ -131,11 +132,30 @@ class GrammarCache:
                 else:
                     compiled = compiler.compile_grammar(spec.grammar)
             except Exception as exc:  # xgrammar raises RuntimeError / its own error types
-                message = str(exc).strip().splitlines()
-                detail = message[-1] if message else type(exc).__name__
+                lines = str(exc).strip().splitlines()
+                # Drop xgrammar's "[hh:mm:ss] /path/file.cc:123: " prefix.
+                detail = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", lines[-1]) if lines else ""
+                detail = detail or type(exc).__name__
                 raise ValueError(f"invalid structured_outputs.{kind}: {detail}") from None
             self._compiled[key] = compiled
             return compiled
+
+
+# xgrammar's grammar for a length-limited JSON string admits raw control characters, which
+# JSON forbids (its unlimited strings already exclude them): narrow that character class.
+_LOOSE_STRING_CHAR = r"[^\"\\\r\n]"
+_JSON_STRING_CHAR = r"[^\0-\x1f\"\\]"
+
+
+def _compile_json_schema(compiler: Any, schema: str | dict) -> Any:
+    import xgrammar as xgr
+
+    # Compact JSON (no free whitespace): with it, small models pad with spaces forever.
+    ebnf = str(xgr.Grammar.from_json_schema(schema, any_whitespace=False))
+    fixed = ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR)
+    if fixed == ebnf:
+        return compiler.compile_json_schema(schema, any_whitespace=False)
+    return compiler.compile_grammar(fixed)
 
 
 class _SeqGrammar:

@@ -30,7 +30,12 @@ TEST_DEPS = [
     "huggingface_hub>=0.24",
     "build",
     "jsonschema",
+    "schemathesis>=4,<5",
+    "aiohttp",  # text-generation's own dependency (installed --no-deps below)
 ]
+# The official TGI client pins huggingface-hub<1.0, which transformers 5 cannot use; its code
+# runs fine on huggingface-hub 1.x, so it is installed without its declared dependencies.
+TGI_CLIENT = "text-generation==0.7.0"
 
 
 def _install_torch(session: nox.Session) -> None:
@@ -58,6 +63,7 @@ def _install_leaflm(session: nox.Session, *extra: str) -> None:
 def tests(session: nox.Session) -> None:
     """All packages' tests on the CPU (Triton kernels under TRITON_INTERPRET=1)."""
     _install_leaflm(session, *TEST_DEPS)
+    session.install("--no-deps", TGI_CLIENT)
     session.run(
         "python",
         "-m",

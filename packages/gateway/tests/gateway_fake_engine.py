@@ -65,6 +65,7 @@ class FakeEngine:
     blocks_used: int = 0
     running: int = 0
     aborted: list[str] = field(default_factory=list)
+    abort_requested: set[str] = field(default_factory=set)
 
     def get_tokenizer(self) -> Any:
         return self.tokenizer
@@ -74,7 +75,9 @@ class FakeEngine:
                       self.blocks_total - self.blocks_used, 0.0, 0, 0)  # fmt: skip
 
     async def abort(self, request_id: str) -> None:
+        """Like AsyncLLM: the request's stream ends with finish_reason "abort"."""
         self.aborted.append(request_id)
+        self.abort_requested.add(request_id)
 
     async def shutdown(self) -> None:
         pass
@@ -89,6 +92,11 @@ class FakeEngine:
         try:
             for step in range(max_tokens):
                 await asyncio.sleep(self.delay_s)
+                if request_id in self.abort_requested:
+                    outs = [_Completion(i, "", [], finish_reason="abort") for i in range(n)]
+                    yield _Output(request_id, None, list(prompt), outs, True)
+                    done = True
+                    return
                 if step == self.fail_at_step:
                     raise RuntimeError("the engine loop failed")
                 tid = step % 50 + 10

@@ -61,7 +61,9 @@ class Admission:
             self.release()
 
 
-PUBLIC_PATHS = frozenset({"/health", "/metrics", "/version", "/info"})
+PUBLIC_PATHS = frozenset(
+    {"/health", "/metrics", "/version", "/info", "/openapi.json", "/docs", "/redoc"}
+)
 
 
 class APIKeyMiddleware:

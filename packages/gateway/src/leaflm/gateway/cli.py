@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from typing import Any
+
+from leaflm.gateway.settings import GatewaySettings
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +29,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="most generation requests held at once; more get 429 (default: no limit)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_limit_arguments(p)
     e = p.add_argument_group("engine")
     e.add_argument("--dtype", default="auto")
     e.add_argument("--device", default="auto")
@@ -45,6 +49,105 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     e.add_argument("--swap-space", type=float, default=0.0, help="GiB of CPU swap for KV blocks")
     e.add_argument("--seed", type=int, default=0)
+
+
+def _json_list(text: str) -> list[str]:
+    """vLLM's form for the CORS flags: a JSON list such as '["https://a.example"]'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON list of strings, got {text!r}") from exc
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise argparse.ArgumentTypeError(f"expected a JSON list of strings, got {text!r}")
+    return value
+
+
+def _add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    d = GatewaySettings()
+    g = p.add_argument_group("limits and connections")
+    g.add_argument(
+        "--max-n",
+        type=int,
+        default=d.max_n,
+        help="most completions (n, best_of) per request; --max-num-seqs caps it too",
+    )
+    g.add_argument(
+        "--max-stop-sequences",
+        type=int,
+        default=d.max_stop_sequences,
+        help="most stop strings per request",
+    )
+    g.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        default=d.max_request_body_bytes,
+        help="larger request bodies get 413",
+    )
+    g.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=d.shutdown_timeout_s,
+        help="seconds in-flight requests may finish after SIGTERM before they are "
+        "aborted with a final error event",
+    )
+    g.add_argument(
+        "--timeout-keep-alive",
+        type=float,
+        default=d.timeout_keep_alive_s,
+        help="seconds an idle keep-alive connection stays open",
+    )
+    g.add_argument(
+        "--timeout-request-header",
+        type=float,
+        default=d.timeout_request_header_s,
+        help="seconds a connection has to send each request head",
+    )
+    g.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=None,
+        help="most open connections; more get 503 (default: no limit)",
+    )
+    g.add_argument(
+        "--allowed-origins",
+        type=_json_list,
+        default=None,
+        help="CORS origins as a JSON list, e.g. '[\"*\"]' (default: no CORS)",
+    )
+    g.add_argument(
+        "--allowed-methods",
+        type=_json_list,
+        default=d.allowed_methods,
+        help="CORS methods as a JSON list",
+    )
+    g.add_argument(
+        "--allowed-headers",
+        type=_json_list,
+        default=d.allowed_headers,
+        help="CORS headers as a JSON list",
+    )
+    g.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
+
+
+def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
+    """What the CLI flags say about the HTTP side (ValueError names a bad value)."""
+    return GatewaySettings(
+        api_key=args.api_key,
+        served_model_name=args.served_model_name,
+        max_queue=args.max_queue,
+        shutdown_engine=True,
+        max_n=args.max_n,
+        max_stop_sequences=args.max_stop_sequences,
+        max_request_body_bytes=args.max_request_body_bytes,
+        shutdown_timeout_s=args.shutdown_timeout,
+        timeout_keep_alive_s=args.timeout_keep_alive,
+        timeout_request_header_s=args.timeout_request_header,
+        limit_concurrency=args.limit_concurrency,
+        allowed_origins=args.allowed_origins,
+        allowed_methods=args.allowed_methods,
+        allowed_headers=args.allowed_headers,
+        allow_credentials=args.allow_credentials,
+    )
 
 
 def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
@@ -75,26 +178,19 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from leaflm.engine import AsyncLLM
     from leaflm.gateway.app import create_app
-    from leaflm.gateway.settings import GatewaySettings
+    from leaflm.gateway.http_server import build_server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
-        settings = GatewaySettings(
-            api_key=args.api_key,
-            served_model_name=args.served_model_name,
-            max_queue=args.max_queue,
-            shutdown_engine=True,
-        )
+        settings = gateway_settings(args)
         engine = AsyncLLM(model=args.model, **engine_kwargs(args))
     except (ValueError, FileNotFoundError) as exc:
         print(f"leaflm serve: {exc}", file=sys.stderr)
         return 2
     app = create_app(engine, settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    build_server(app, settings, args.host, args.port, args.log_level).run()
     return 0
 
 

@@ -32,6 +32,7 @@ _OPENAI_TYPES = {
 _TGI_TYPES = {
     400: "validation",
     401: "authentication",
+    413: "validation",
     404: "not_found",
     429: "overloaded",
     500: "generation",
@@ -92,8 +93,10 @@ def error_body(path: str, err: APIError) -> tuple[int, dict[str, Any]]:
 
 def error_response(path: str, err: APIError) -> JSONResponse:
     status, body = error_body(path, err)
-    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="leaflm"'
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 def describe_validation(exc: RequestValidationError) -> APIError:
@@ -141,5 +144,10 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s", request.url.path)
-        err = APIError(500, f"Internal server error: {type(exc).__name__}: {exc}")
+        text = str(exc)
+        if isinstance(exc, MemoryError) or "allocate memory" in text or "out of memory" in text:
+            # This request's allocation failed; the server lives on.
+            err = APIError(503, "Not enough memory for this request; retry smaller.")
+        else:  # the log has the details; the client gets no internals
+            err = APIError(500, f"Internal server error ({type(exc).__name__}).")
         return error_response(request.url.path, err)

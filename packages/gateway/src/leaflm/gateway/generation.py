@@ -48,14 +48,28 @@ def tokenize_prompt(gw: Gateway, prompt: str | list[int], param: str = "prompt")
     return Prompt(tok.decode(prompt), list(prompt))
 
 
+class RequestAborted(Exception):
+    """The engine aborted a request the client still waits for (shutdown, engine failure)."""
+
+
 async def _timed(gw: Gateway, prompt: Prompt, params: Any, request_id: str) -> AsyncIterator[Any]:
-    """The engine's delta stream for one prompt, with latency metrics observed."""
+    """The engine's delta stream for one prompt, with latency metrics observed.
+
+    An abort the client did not ask for ends the stream with RequestAborted, so streams
+    close with an error event and JSON responses become 503s instead of truncated text.
+    """
     timer = gw.metrics.timer()
-    async for out in gw.engine.generate(prompt.token_ids, params, request_id):
-        timer.tokens(max((len(c.token_ids) for c in out.outputs), default=0))
-        if out.finished:
-            timer.finish([c.finish_reason or "abort" for c in out.outputs])
-        yield out
+    gw.in_flight_ids.add(request_id)
+    try:
+        async for out in gw.engine.generate(prompt.token_ids, params, request_id):
+            timer.tokens(max((len(c.token_ids) for c in out.outputs), default=0))
+            if out.finished:
+                timer.finish([c.finish_reason or "abort" for c in out.outputs])
+            if any(c.finish_reason == "abort" for c in out.outputs):
+                raise RequestAborted(gw.stop_reason or "The request was aborted by the engine.")
+            yield out
+    finally:
+        gw.in_flight_ids.discard(request_id)
 
 
 def run(
@@ -118,9 +132,8 @@ async def collect(
             results[i].add(out)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
-    for r in results:
-        if any(c.finish_reason == "abort" for c in r.completions.values()):
-            raise APIError(503, "The request was aborted by the engine.", retry_after=1)
+    except RequestAborted as exc:
+        raise APIError(503, str(exc), retry_after=1) from exc
     return results
 
 

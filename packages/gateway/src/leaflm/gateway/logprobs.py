@@ -80,3 +80,22 @@ def chat_logprobs(
         entry["top_logprobs"] = [_entry(tokenizer, o, lp, as_ids) for o, lp in ranked]
         content.append(entry)
     return {"content": content, "refusal": None}
+
+
+def prompt_logprobs_json(positions: list[dict[int, Any] | None] | None) -> list[Any] | None:
+    """vLLM's `prompt_logprobs`: per prompt position, token id -> logprob, rank, text."""
+    if positions is None:
+        return None
+    return [
+        None
+        if pos is None
+        else {
+            str(tid): {
+                "logprob": float(lp.logprob),
+                "rank": lp.rank,
+                "decoded_token": lp.decoded_token,
+            }
+            for tid, lp in pos.items()
+        }
+        for pos in positions
+    ]

@@ -11,15 +11,26 @@ from __future__ import annotations
 from typing import Any
 
 from leaflm.gateway.errors import APIError, bad_request, from_value_error
-from leaflm.gateway.schemas.openai import ChatCompletionRequest, CompletionRequest, SamplingExtras
+from leaflm.gateway.limits import (
+    check_logprobs,
+    check_n,
+    check_stop,
+    reject_unsupported,
+)
+from leaflm.gateway.schemas.openai import (
+    UNSUPPORTED_FIELDS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingExtras,
+)
 from leaflm.gateway.schemas.tgi import GenerateParameters
+from leaflm.gateway.state import Gateway
 
 SAMPLING_FIELDS = (
     "n", "best_of", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "seed", "stop", "stop_token_ids", "ignore_eos",
     "max_tokens", "min_tokens", "logprobs", "prompt_logprobs", "top_logprobs",
 )  # fmt: skip
-MAX_LOGPROBS = 20
 
 
 def make_params(**kwargs: Any) -> Any:
@@ -35,9 +46,16 @@ def make_params(**kwargs: Any) -> Any:
 
 
 def check_max_tokens(
-    max_tokens: int | None, prompt_len: int, max_model_len: int, field: str = "max_tokens"
+    max_tokens: int | None,
+    prompt_len: int,
+    max_model_len: int,
+    field: str = "max_tokens",
+    allow_zero: bool = False,
 ) -> int:
-    """The effective max_tokens; 400 when prompt + max_tokens exceed the context window."""
+    """The effective max_tokens; 400 when prompt + max_tokens exceed the context window.
+
+    `allow_zero` (echo on completions): 0 means "score the prompt, generate nothing".
+    """
     if prompt_len >= max_model_len:
         raise APIError(
             400,
@@ -49,6 +67,8 @@ def check_max_tokens(
     room = max_model_len - prompt_len
     if max_tokens is None:
         return room
+    if allow_zero and max_tokens == 0:
+        return 0
     if max_tokens < 1:
         raise bad_request(f"{field} must be >= 1, got {max_tokens}", param=field)
     if max_tokens > room:
@@ -63,6 +83,26 @@ def check_max_tokens(
     return max_tokens
 
 
+def validate_openai(gw: Gateway, req: SamplingExtras) -> None:
+    """The checks that need no tokenizer: run them before any work is done."""
+    reject_unsupported(req, UNSUPPORTED_FIELDS)
+    check_n(gw, req.n, req.best_of)
+    check_stop(gw, req.stop)
+    check_logprobs(req.prompt_logprobs, "prompt_logprobs")
+    if req.stream and req.best_of is not None and req.best_of > req.n:
+        raise bad_request("best_of > n is not supported when streaming", param="best_of")
+    if isinstance(req, CompletionRequest):
+        check_logprobs(req.logprobs, "logprobs")
+        if req.suffix:
+            raise bad_request("suffix is not supported", param="suffix")
+        if req.max_tokens == 0 and not req.echo:
+            raise bad_request("max_tokens must be >= 1 (or 0 with echo=true)", param="max_tokens")
+    if isinstance(req, ChatCompletionRequest):
+        check_logprobs(req.top_logprobs, "top_logprobs")
+        if req.top_logprobs and not req.logprobs:
+            raise bad_request("top_logprobs requires logprobs=true", param="top_logprobs")
+
+
 def _common(req: SamplingExtras) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "n": req.n,
@@ -75,6 +115,8 @@ def _common(req: SamplingExtras) -> dict[str, Any]:
         "ignore_eos": req.ignore_eos,
         "min_tokens": req.min_tokens,
         "skip_special_tokens": req.skip_special_tokens,
+        "include_stop_str_in_output": req.include_stop_str_in_output,
+        "prompt_logprobs": req.prompt_logprobs,
         "output_kind": "delta",
     }
     optional = {
@@ -85,38 +127,58 @@ def _common(req: SamplingExtras) -> dict[str, Any]:
         "repetition_penalty": req.repetition_penalty,
     }
     kwargs.update({k: v for k, v in optional.items() if v is not None})
-    if req.stream and req.best_of is not None and req.best_of > req.n:
-        raise bad_request("best_of > n is not supported when streaming", param="best_of")
     return kwargs
 
 
-def _check_logprobs(value: int | None, field: str) -> None:
-    if value is not None and not 0 <= value <= MAX_LOGPROBS:
-        raise bad_request(f"{field} must be in [0, {MAX_LOGPROBS}], got {value}", param=field)
-
-
 def completion_params(req: CompletionRequest, max_tokens: int) -> Any:
-    _check_logprobs(req.logprobs, "logprobs")
+    """max_tokens 0 (echo only) runs one step for the prompt's logprobs; the route drops the
+    sampled token, as vLLM does."""
     kwargs = _common(req)
-    kwargs["max_tokens"] = max_tokens
+    kwargs["max_tokens"] = max(max_tokens, 1)
+    if max_tokens == 0:
+        kwargs["min_tokens"] = 0
+        kwargs["n"], kwargs["best_of"] = 1, None
     kwargs["logprobs"] = req.logprobs
     if req.echo and req.logprobs is not None:
-        kwargs["prompt_logprobs"] = req.logprobs
+        kwargs["prompt_logprobs"] = max(req.logprobs, req.prompt_logprobs or 0)
     return make_params(**kwargs)
 
 
 def chat_params(req: ChatCompletionRequest, max_tokens: int) -> Any:
-    _check_logprobs(req.top_logprobs, "top_logprobs")
-    if req.top_logprobs and not req.logprobs:
-        raise bad_request("top_logprobs requires logprobs=true", param="top_logprobs")
     kwargs = _common(req)
     kwargs["max_tokens"] = max_tokens
     kwargs["logprobs"] = (req.top_logprobs or 0) if req.logprobs else None
     return make_params(**kwargs)
 
 
-def tgi_params(p: GenerateParameters, max_new_tokens: int) -> Any:
-    """TGI semantics: always report the sampled token's logprob (TGI tokens carry it)."""
+def validate_tgi(gw: Gateway, p: GenerateParameters) -> None:
+    """TGI's limits, as /info advertises them (max_best_of, max_stop_sequences)."""
+    for name in ("grammar", "adapter_id"):
+        if getattr(p, name) is not None:
+            raise bad_request(f"{name} is not supported by leaflm", param=name)
+    if p.watermark:
+        raise bad_request("watermark is not supported by leaflm", param="watermark")
+    if p.best_of is not None and not 1 <= p.best_of <= TGI_MAX_BEST_OF:
+        raise bad_request(
+            f"best_of must be in [1, {TGI_MAX_BEST_OF}], got {p.best_of}", param="best_of"
+        )
+    if p.best_of is not None and p.best_of > 1 and p.seed is not None:
+        raise bad_request("seed must not be set when best_of > 1", param="seed")
+    check_stop(gw, p.stop)
+    if p.max_new_tokens is not None and p.max_new_tokens < 1:
+        raise bad_request(f"max_new_tokens must be >= 1, got {p.max_new_tokens}", "max_new_tokens")
+
+
+TGI_MAX_BEST_OF = 8
+
+
+def tgi_params(p: GenerateParameters, max_new_tokens: int, seed: int | None) -> Any:
+    """TGI semantics: always report the sampled token's logprob (TGI tokens carry it).
+
+    best_of runs as that many requests, each with its own seed (the route picks the best and
+    reports the others as `best_of_sequences`); `seed` is the one the route chose when
+    sampling without one, so that it can be reported.
+    """
     if p.temperature is not None and p.temperature <= 0:
         raise bad_request(
             f"temperature must be strictly positive, got {p.temperature}", param="temperature"
@@ -127,24 +189,23 @@ def tgi_params(p: GenerateParameters, max_new_tokens: int) -> Any:
         raise bad_request(f"top_k must be strictly positive, got {p.top_k}", param="top_k")
     if p.typical_p is not None and p.typical_p < 1.0:
         raise bad_request("typical_p is not supported by leaflm", param="typical_p")
-    _check_logprobs(p.top_n_tokens, "top_n_tokens")
+    check_logprobs(p.top_n_tokens, "top_n_tokens")
     sampling = p.do_sample or any(v is not None for v in (p.temperature, p.top_k, p.top_p))
     kwargs: dict[str, Any] = {
         "n": 1,
-        "best_of": p.best_of if p.best_of and p.best_of > 1 else None,
         "temperature": (p.temperature if p.temperature is not None else 1.0) if sampling else 0.0,
         "top_p": p.top_p if p.top_p is not None else 1.0,
         "top_k": p.top_k if p.top_k is not None else -1,
         "repetition_penalty": p.repetition_penalty or 1.0,
         "frequency_penalty": p.frequency_penalty or 0.0,
-        "seed": p.seed,
+        "seed": seed,
         "stop": p.stop,
         "max_tokens": max_new_tokens,
         "logprobs": p.top_n_tokens or 0,
         "prompt_logprobs": 0 if p.decoder_input_details else None,
         "output_kind": "delta",
     }
-    if kwargs["best_of"] and not sampling:
+    if (p.best_of or 1) > 1 and not sampling:
         raise bad_request("best_of > 1 requires sampling (do_sample=true)", param="best_of")
     return make_params(**kwargs)
 

@@ -10,9 +10,8 @@ import threading
 import time
 from typing import Any
 
-import uvicorn
-
 from leaflm.gateway.app import create_app
+from leaflm.gateway.http_server import build_server
 from leaflm.gateway.settings import GatewaySettings
 
 
@@ -32,12 +31,10 @@ class ServerThread:
         host: str = "127.0.0.1",
         port: int | None = None,
     ) -> None:
+        settings = settings or GatewaySettings()
         self.app = create_app(engine, settings)
         self.host, self.port = host, port or free_port(host)
-        config = uvicorn.Config(
-            self.app, host=self.host, port=self.port, log_level="warning", lifespan="on"
-        )
-        self._server = uvicorn.Server(config)
+        self._server = build_server(self.app, settings, self.host, self.port, "warning")
         self._thread = threading.Thread(target=self._server.run, name="leaflm-gateway", daemon=True)
 
     @property

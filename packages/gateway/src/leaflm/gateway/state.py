@@ -21,6 +21,9 @@ class Gateway:
         self.metrics = Metrics(self._stats)
         self.engine: Any | None = None
         self.tokenizer: Any | None = None
+        self.max_token_bytes = 1
+        self.in_flight_ids: set[str] = set()
+        self.stop_reason: str | None = None  # why in-flight requests were aborted, if so
         if engine is not None:
             self.attach(engine)
 
@@ -28,6 +31,7 @@ class Gateway:
         """Serve `engine` from now on (the server may start before the model is loaded)."""
         self.engine = engine
         self.tokenizer = engine.get_tokenizer()
+        self.max_token_bytes = max_token_bytes(self.tokenizer)
         self.admission.ready = True
 
     def _stats(self) -> Any | None:
@@ -47,10 +51,27 @@ class Gateway:
             raise APIError(503, "The engine is not ready yet.", retry_after=1)
         return int(self.engine.model_config.max_model_len)
 
+    @property
+    def max_n(self) -> int:
+        """Most completions per request: the setting, within the engine's batch."""
+        args = getattr(getattr(self.engine, "engine", None), "args", None)
+        max_num_seqs = getattr(args, "max_num_seqs", None)
+        if isinstance(max_num_seqs, int):
+            return min(self.settings.max_n, max_num_seqs)
+        return self.settings.max_n
+
+    async def abort_in_flight(self, reason: str) -> None:
+        """Abort every running request; their streams end with `reason` as an error."""
+        self.stop_reason = reason
+        for request_id in list(self.in_flight_ids):
+            await self.engine.abort(request_id)
+
     def check_model(self, requested: str | None) -> None:
         """404 unless `requested` names the served model (or its path)."""
-        if requested is None or requested == self.model_name:
+        if requested is None or requested == self.model_name or requested in ANY_MODEL:
             return
+        if requested.startswith(("http://", "https://")):
+            return  # huggingface_hub's InferenceClient(base_url=...) sends its URL as the model
         root = getattr(self.engine.model_config, "model", None) if self.engine else None
         if root is not None and requested == str(root):
             return
@@ -76,6 +97,19 @@ class Gateway:
     def done(self) -> None:
         self.admission.release()
         self.metrics.in_flight.set(self.admission.in_flight)
+
+
+ANY_MODEL = frozenset({"tgi", "dummy"})
+"""Placeholder model names TGI clients send (huggingface_hub: "tgi", later "dummy"); TGI
+serves one model and ignores the field."""
+
+
+def max_token_bytes(tokenizer: Any) -> int:
+    """An upper bound on the UTF-8 bytes any one token decodes to (vocabulary strings are at
+    least as long as the bytes they stand for: byte-level and SentencePiece alike)."""
+    vocab = getattr(tokenizer, "get_vocab", None)
+    pieces = vocab().keys() if vocab is not None else ()
+    return max((len(p.encode("utf-8")) for p in pieces), default=64) or 1
 
 
 def gateway_of(request: Request) -> Gateway:

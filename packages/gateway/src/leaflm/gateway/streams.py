@@ -17,7 +17,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from leaflm.gateway.errors import APIError, error_body, logger
+from leaflm.gateway.errors import APIError, error_body, is_tgi_path, logger
 
 T = TypeVar("T")
 _DONE = object()
@@ -127,15 +127,24 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
 
 
 async def _guarded(body: AsyncIterator[str], path: str) -> AsyncIterator[str]:
-    """Forward events; an engine failure mid-stream becomes a final error event (the
-    status line is already sent), in the dialect of `path`."""
+    """Forward events; a failure mid-stream becomes a final error event (the status line is
+    already sent) in the dialect of `path`, then `[DONE]` on OpenAI routes. An abort says
+    why (e.g. shutdown); other failures are logged, and the client learns no internals."""
+    from leaflm.gateway.generation import RequestAborted
+
     try:
         async for event in body:
             yield event
     except Exception as exc:
-        logger.exception("stream on %s failed", path)
-        _, payload = error_body(path, APIError(500, f"generation failed: {exc}"))
+        if isinstance(exc, RequestAborted):
+            err = APIError(503, str(exc))
+        else:
+            logger.exception("stream on %s failed", path)
+            err = APIError(500, f"Generation failed ({type(exc).__name__}); see the server log.")
+        _, payload = error_body(path, err)
         yield sse(payload)
+        if not is_tgi_path(path):
+            yield SSE_DONE
     finally:
         await close_quietly(body)
 

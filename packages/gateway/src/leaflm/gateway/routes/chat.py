@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from leaflm.gateway.errors import bad_request
 from leaflm.gateway.generation import (
@@ -22,10 +23,17 @@ from leaflm.gateway.generation import (
     run,
     usage,
 )
-from leaflm.gateway.logprobs import chat_logprobs
+from leaflm.gateway.limits import check_prompt_size
+from leaflm.gateway.logprobs import chat_logprobs, prompt_logprobs_json
+from leaflm.gateway.openapi import openai_responses
 from leaflm.gateway.routes.common import first_or_400, now, serve_generation
-from leaflm.gateway.sampling import chat_params, check_max_tokens, openai_finish_reason
-from leaflm.gateway.schemas.openai import ChatCompletionRequest, ChatMessage
+from leaflm.gateway.sampling import (
+    chat_params,
+    check_max_tokens,
+    openai_finish_reason,
+    validate_openai,
+)
+from leaflm.gateway.schemas.openai import ChatCompletion, ChatCompletionRequest, ChatMessage
 from leaflm.gateway.state import Gateway
 from leaflm.gateway.streams import SSE_DONE, close_quietly, sse
 
@@ -52,11 +60,12 @@ def _plain(messages: list[ChatMessage]) -> list[dict[str, str]]:
 
 
 def render_chat(gw: Gateway, messages: list[ChatMessage], add_generation_prompt: bool) -> Prompt:
-    """The prompt the chat template makes of these messages."""
+    """The prompt the chat template makes of these messages (CPU work: call it off the loop)."""
     tok = gw.tokenizer
     if not getattr(tok, "chat_template", None):
         raise bad_request("this model has no chat template; use /v1/completions", param="messages")
     plain = _plain(messages)
+    check_prompt_size(gw, "".join(m["content"] for m in plain), param="messages")
     try:
         text = tok.apply_chat_template(
             plain, tokenize=False, add_generation_prompt=add_generation_prompt
@@ -96,6 +105,11 @@ def _response(gw: Gateway, body: ChatCompletionRequest, rid: str, result: Prompt
         "choices": choices,
         "usage": usage([result]),
         "system_fingerprint": None,
+        "prompt_logprobs": (
+            prompt_logprobs_json(result.prompt_logprobs)
+            if body.prompt_logprobs is not None
+            else None
+        ),
     }
 
 
@@ -120,26 +134,21 @@ async def _stream(
         return sse(data)
 
     try:
-        yield chunk(
-            [
-                {"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                 "finish_reason": None}
-                for j in range(body.n)
-            ]
-        )  # fmt: skip
+        for j in range(body.n):  # one choice per chunk, as OpenAI streams n > 1
+            yield chunk(
+                [{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                  "finish_reason": None}]
+            )  # fmt: skip
         async for _, out in outputs:
             result.add(out)
-            choices = [
-                {
+            for c in out.outputs:
+                choice = {
                     "index": c.index,
                     "delta": {"content": c.text} if c.text or c.finish_reason is None else {},
                     "logprobs": _choice_logprobs(gw, body, c),
                     "finish_reason": openai_finish_reason(c.finish_reason),
                 }
-                for c in out.outputs
-            ]
-            if choices:
-                yield chunk(choices)
+                yield chunk([choice])
         if include_usage:
             yield chunk([], usage([result]))
         yield SSE_DONE
@@ -150,10 +159,15 @@ async def _stream(
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses=openai_responses(ChatCompletion, "`chat.completion.chunk` objects, one choice each"),
+)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     async def respond(gw: Gateway) -> Any:
-        prompt = render_chat(gw, body.messages, body.add_generation_prompt)
+        validate_openai(gw, body)
+        prompt = await run_in_threadpool(render_chat, gw, body.messages, body.add_generation_prompt)
         field = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
         requested = getattr(body, field)
         max_tokens = check_max_tokens(requested, len(prompt.token_ids), gw.max_model_len, field)

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from leaflm.gateway.errors import bad_request
 from leaflm.gateway.generation import (
@@ -22,24 +23,44 @@ from leaflm.gateway.generation import (
     tokenize_prompt,
     usage,
 )
-from leaflm.gateway.logprobs import completion_logprobs
+from leaflm.gateway.limits import check_prompt_count, check_prompt_size
+from leaflm.gateway.logprobs import completion_logprobs, prompt_logprobs_json
+from leaflm.gateway.openapi import openai_responses
 from leaflm.gateway.routes.common import first_or_400, now, serve_generation
-from leaflm.gateway.sampling import check_max_tokens, completion_params, openai_finish_reason
-from leaflm.gateway.schemas.openai import CompletionRequest
+from leaflm.gateway.sampling import (
+    check_max_tokens,
+    completion_params,
+    openai_finish_reason,
+    validate_openai,
+)
+from leaflm.gateway.schemas.openai import Completion, CompletionRequest
 from leaflm.gateway.state import Gateway
 from leaflm.gateway.streams import SSE_DONE, close_quietly, sse
 
 router = APIRouter()
 
 
-def _prompts(gw: Gateway, prompt: Any) -> list[Prompt]:
+def _split_prompts(gw: Gateway, prompt: Any) -> list[str | list[int]]:
+    """The request's prompts, each checked for count and size before any is tokenized."""
     if isinstance(prompt, str):
-        return [tokenize_prompt(gw, prompt)]
-    if not prompt:
+        prompts: list[Any] = [prompt]
+    elif not prompt:
         raise bad_request("prompt must not be empty", param="prompt")
-    if all(isinstance(p, int) for p in prompt):
-        return [tokenize_prompt(gw, prompt)]
-    return [tokenize_prompt(gw, p) for p in prompt]
+    elif all(isinstance(p, int) for p in prompt):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt)
+    check_prompt_count(gw, len(prompts))
+    for p in prompts:
+        if isinstance(p, str):
+            check_prompt_size(gw, p)
+        elif len(p) >= gw.max_model_len:
+            check_max_tokens(1, len(p), gw.max_model_len)  # the context-length 400
+    return prompts
+
+
+def _tokenize_all(gw: Gateway, prompts: list[str | list[int]]) -> list[Prompt]:
+    return [tokenize_prompt(gw, p) for p in prompts]
 
 
 def _logprobs_for(
@@ -57,7 +78,17 @@ def _logprobs_for(
     )
 
 
+def _drop_generated(results: list[PromptResult]) -> None:
+    """echo with max_tokens 0: the prompt is scored by one engine step; its token is dropped."""
+    for r in results:
+        for c in r.completions.values():
+            c.text, c.token_ids, c.finish_reason = "", [], "length"
+            c.logprobs = [] if c.logprobs is not None else None
+
+
 def _response(gw: Gateway, body: CompletionRequest, rid: str, results: list[PromptResult]) -> dict:
+    if body.max_tokens == 0:
+        _drop_generated(results)
     choices = []
     for i, r in enumerate(results):
         for j, c in enumerate(r.ordered()):
@@ -71,6 +102,11 @@ def _response(gw: Gateway, body: CompletionRequest, rid: str, results: list[Prom
                     "text": prefix + c.text,
                     "logprobs": lp,
                     "finish_reason": openai_finish_reason(c.finish_reason),
+                    "prompt_logprobs": (
+                        prompt_logprobs_json(r.prompt_logprobs)
+                        if body.prompt_logprobs is not None
+                        else None
+                    ),
                 }
             )
     return {
@@ -96,7 +132,6 @@ async def _stream(
         async for i, out in outputs:
             r = results[i]
             r.add(out)
-            choices = []
             for c in out.outputs:
                 key = (i, c.index)
                 echo_now = body.echo and key not in started
@@ -109,27 +144,25 @@ async def _stream(
                 offsets[key] = offsets.get(key, len(r.prompt.text) if body.echo else 0) + len(
                     c.text
                 )
-                choices.append(
-                    {
-                        "index": i * body.n + c.index,
-                        "text": text,
-                        "logprobs": lp,
-                        "finish_reason": openai_finish_reason(c.finish_reason),
-                    }
-                )
-            if not choices:
-                continue
-            chunk = {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": gw.model_name,
-                "choices": choices,
-                "system_fingerprint": None,
-            }
-            if include_usage:
-                chunk["usage"] = None
-            yield sse(chunk)
+                choice = {
+                    "index": i * body.n + c.index,
+                    "text": text,
+                    "logprobs": lp,
+                    "finish_reason": openai_finish_reason(c.finish_reason),
+                }
+                if echo_now and body.prompt_logprobs is not None:
+                    choice["prompt_logprobs"] = prompt_logprobs_json(r.prompt_logprobs)
+                chunk = {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": gw.model_name,
+                    "choices": [choice],  # one choice per chunk, as OpenAI streams n > 1
+                    "system_fingerprint": None,
+                }
+                if include_usage:
+                    chunk["usage"] = None
+                yield sse(chunk)
         if include_usage:
             yield sse(
                 {
@@ -147,15 +180,23 @@ async def _stream(
         await close_quietly(outputs)
 
 
-@router.post("/v1/completions")
+@router.post(
+    "/v1/completions",
+    response_model=Completion,
+    responses=openai_responses(Completion, "a `text_completion` object per choice delta"),
+)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     async def respond(gw: Gateway) -> Any:
-        if body.suffix:
-            raise bad_request("suffix is not supported", param="suffix")
-        prompts = _prompts(gw, body.prompt)
+        validate_openai(gw, body)
+        if body.stream and body.max_tokens == 0:
+            raise bad_request("max_tokens=0 (echo only) cannot be streamed", param="max_tokens")
+        prompts = await run_in_threadpool(_tokenize_all, gw, _split_prompts(gw, body.prompt))
         params = [
             completion_params(
-                body, check_max_tokens(body.max_tokens, len(p.token_ids), gw.max_model_len)
+                body,
+                check_max_tokens(
+                    body.max_tokens, len(p.token_ids), gw.max_model_len, allow_zero=body.echo
+                ),
             )
             for p in prompts
         ]

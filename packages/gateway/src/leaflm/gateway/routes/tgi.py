@@ -7,19 +7,36 @@ also carries `generated_text` and `details` with TGI's finish reasons
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from leaflm.gateway import __version__
+from leaflm.gateway.errors import bad_request
 from leaflm.gateway.generation import Completion, Prompt, PromptResult, collect, new_id, run
 from leaflm.gateway.generation import tokenize_prompt as _tokenize
+from leaflm.gateway.limits import MAX_LOGPROBS, check_prompt_size
 from leaflm.gateway.logprobs import chosen_logprob, token_text
+from leaflm.gateway.openapi import tgi_responses
 from leaflm.gateway.routes.common import first_or_400, serve_generation
-from leaflm.gateway.sampling import MAX_LOGPROBS, check_max_tokens, tgi_finish_reason, tgi_params
-from leaflm.gateway.schemas.tgi import GenerateParameters, GenerateRequest
+from leaflm.gateway.sampling import (
+    TGI_MAX_BEST_OF,
+    check_max_tokens,
+    tgi_finish_reason,
+    tgi_params,
+    validate_tgi,
+)
+from leaflm.gateway.schemas.tgi import (
+    GenerateParameters,
+    GenerateRequest,
+    GenerateResponse,
+    Info,
+    StreamResponse,
+)
 from leaflm.gateway.state import Gateway, gateway_of
 from leaflm.gateway.streams import close_quietly, sse
 
@@ -62,12 +79,14 @@ def _prefill(gw: Gateway, r: PromptResult) -> list[dict]:
     ]
 
 
-def _details(gw: Gateway, p: GenerateParameters, r: PromptResult, c: Completion) -> dict:
+def _details(
+    gw: Gateway, p: GenerateParameters, r: PromptResult, c: Completion, seed: int | None
+) -> dict:
     positions = c.logprobs or [None] * len(c.token_ids)
     return {
         "finish_reason": tgi_finish_reason(c.finish_reason, c.stop_reason),
         "generated_tokens": len(c.token_ids),
-        "seed": p.seed,
+        "seed": seed,
         "prefill": _prefill(gw, r) if p.decoder_input_details else [],
         "tokens": [_token(gw, t, pos) for t, pos in zip(c.token_ids, positions, strict=False)],
         "top_tokens": (
@@ -76,9 +95,19 @@ def _details(gw: Gateway, p: GenerateParameters, r: PromptResult, c: Completion)
     }
 
 
-def _prepare(gw: Gateway, body: GenerateRequest) -> tuple[Prompt, GenerateParameters, Any]:
+def _sampling(p: GenerateParameters) -> bool:
+    return p.do_sample or any(v is not None for v in (p.temperature, p.top_k, p.top_p))
+
+
+async def _prepare(
+    gw: Gateway, body: GenerateRequest
+) -> tuple[Prompt, GenerateParameters, list[Any], list[int | None]]:
+    """(prompt, parameters, SamplingParams and seed per candidate): seeds are chosen here
+    when sampling without one, so the response can report each as TGI does."""
     p = body.parameters or GenerateParameters()
-    prompt = _tokenize(gw, body.inputs, param="inputs")
+    validate_tgi(gw, p)
+    check_prompt_size(gw, body.inputs, param="inputs")
+    prompt = await run_in_threadpool(_tokenize, gw, body.inputs, "inputs")
     if p.truncate is not None and p.truncate > 0 and len(prompt.token_ids) > p.truncate:
         ids = prompt.token_ids[-p.truncate :]
         prompt = Prompt(gw.tokenizer.decode(ids), ids)
@@ -87,21 +116,34 @@ def _prepare(gw: Gateway, body: GenerateRequest) -> tuple[Prompt, GenerateParame
         room = gw.max_model_len - len(prompt.token_ids)
         requested = min(gw.settings.tgi_default_max_new_tokens, max(room, 1))
     max_new = check_max_tokens(requested, len(prompt.token_ids), gw.max_model_len, "max_new_tokens")
-    return prompt, p, tgi_params(p, max_new)
+    seeds: list[int | None] = [p.seed]
+    if p.seed is None and _sampling(p):
+        seeds = [secrets.randbits(63) for _ in range(max(p.best_of or 1, 1))]
+    return prompt, p, [tgi_params(p, max_new, s) for s in seeds], seeds
 
 
 async def _generate(gw: Gateway, body: GenerateRequest) -> dict:
-    prompt, p, params = _prepare(gw, body)
-    results = await collect(gw, [prompt], [params], new_id("tgi"))
-    r = results[0]
-    c = r.ordered()[0]
-    text = (prompt.text if p.return_full_text else "") + c.text
-    return {"generated_text": text, "details": _details(gw, p, r, c) if p.details else None}
+    prompt, p, params, seeds = await _prepare(gw, body)
+    results = await collect(gw, [prompt] * len(params), params, new_id("tgi"))
+    # best_of: candidates by total logprob, as TGI picks them; the others are reported.
+    ranked = sorted(
+        ((r, r.ordered()[0], seed) for r, seed in zip(results, seeds, strict=True)),
+        key=lambda rcs: -(rcs[1].cumulative_logprob or 0.0),
+    )
+    (r, best, seed), others = ranked[0], ranked[1:]
+    prefix = prompt.text if p.return_full_text else ""
+    details = _details(gw, p, r, best, seed) if p.details else None
+    if details is not None and len(ranked) > 1:
+        details["best_of_sequences"] = [
+            {"generated_text": prefix + c.text, **_details(gw, p, rr, c, s)} for rr, c, s in others
+        ]
+    return {"generated_text": prefix + best.text, "details": details}
 
 
 async def _events(
-    gw: Gateway, prompt: Prompt, p: GenerateParameters, outputs: AsyncIterator[tuple[int, Any]]
-) -> AsyncIterator[str]:
+    gw: Gateway, prompt: Prompt, p: GenerateParameters, seed: int | None,
+    outputs: AsyncIterator[tuple[int, Any]],
+) -> AsyncIterator[str]:  # fmt: skip
     result = PromptResult(prompt)
     index = 0
     try:
@@ -127,7 +169,7 @@ async def _events(
                         event["details"] = {
                             "finish_reason": tgi_finish_reason(c.finish_reason, c.stop_reason),
                             "generated_tokens": len(full.token_ids),
-                            "seed": p.seed,
+                            "seed": seed,
                             "input_length": len(prompt.token_ids),
                         }
                     yield sse(event)
@@ -136,30 +178,50 @@ async def _events(
 
 
 async def _stream(gw: Gateway, body: GenerateRequest) -> tuple[AsyncIterator[str], None]:
-    prompt, p, params = _prepare(gw, body)
-    outputs = await first_or_400(run(gw, [prompt], [params], new_id("tgi")))
-    return _events(gw, prompt, p, outputs), None
+    best_of = body.parameters.best_of if body.parameters else None
+    if best_of is not None and best_of > 1:
+        raise bad_request("best_of > 1 is not supported when streaming tokens", param="best_of")
+    prompt, p, params, seeds = await _prepare(gw, body)
+    outputs = await first_or_400(run(gw, [prompt], params, new_id("tgi")))
+    return _events(gw, prompt, p, seeds[0], outputs), None
 
 
-@router.post("/generate")
+async def _generate_list(gw: Gateway, body: GenerateRequest) -> list[dict]:
+    return [await _generate(gw, body)]
+
+
+_STREAM_EVENTS = "one `StreamResponse` per token; the last carries generated_text and details"
+
+
+@router.post(
+    "/generate", response_model=GenerateResponse, responses=tgi_responses(GenerateResponse)
+)
 async def generate(body: GenerateRequest, request: Request) -> Response:
     return await serve_generation(request, None, lambda gw: _generate(gw, body))
 
 
-@router.post("/generate_stream")
+@router.post(
+    "/generate_stream",
+    response_model=StreamResponse,
+    responses=tgi_responses(StreamResponse, _STREAM_EVENTS),
+)
 async def generate_stream(body: GenerateRequest, request: Request) -> Response:
     return await serve_generation(request, None, lambda gw: _stream(gw, body))
 
 
-@router.post("/")
+@router.post(
+    "/",
+    response_model=list[GenerateResponse],
+    responses=tgi_responses(list[GenerateResponse], _STREAM_EVENTS + " (with `stream: true`)"),
+)
 async def compat_generate(body: GenerateRequest, request: Request) -> Response:
-    """TGI's compat route: the body's `stream` flag picks /generate or /generate_stream."""
+    """TGI's compat route: a one-element list, or with `stream: true` the token events."""
     if body.stream:
         return await serve_generation(request, None, lambda gw: _stream(gw, body))
-    return await serve_generation(request, None, lambda gw: _generate(gw, body))
+    return await serve_generation(request, None, lambda gw: _generate_list(gw, body))
 
 
-@router.get("/info")
+@router.get("/info", response_model=Info, responses=tgi_responses(Info))
 async def info(request: Request) -> dict:
     gw = gateway_of(request)
     gw.admission.check_ready()
@@ -173,8 +235,8 @@ async def info(request: Request) -> dict:
         "model_device_type": device.split(":")[0],
         "model_pipeline_tag": "text-generation",
         "max_concurrent_requests": gw.settings.max_queue or 128,
-        "max_best_of": 8,
-        "max_stop_sequences": 8,
+        "max_best_of": TGI_MAX_BEST_OF,
+        "max_stop_sequences": gw.settings.max_stop_sequences,
         "max_input_tokens": gw.max_model_len - 1,
         "max_total_tokens": gw.max_model_len,
         "max_top_n_tokens": MAX_LOGPROBS,

@@ -1,8 +1,9 @@
 """OpenAI request and response bodies, shaped as the official API sends them.
 
 Requests accept vLLM's sampling extras (top_k, min_p, ...) and ignore unknown fields, so
-clients written for OpenAI or vLLM work unchanged. Field constraints here only catch
-wrong types; value ranges are checked by `SamplingParams` and reported as 400s.
+clients written for OpenAI or vLLM work unchanged. Field types are strict (no booleans as
+numbers, no NaN); value ranges are checked by `SamplingParams` and the gateway's limits and
+reported as 400s. Response models document what each route returns.
 """
 
 from __future__ import annotations
@@ -12,65 +13,92 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from leaflm.gateway.schemas.types import Number, StrictBool, StrictInt, StrictStr, TokenId
+
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
+
+
+UNSUPPORTED_FIELDS = (
+    "logit_bias", "response_format", "tools", "tool_choice", "functions", "function_call",
+    "parallel_tool_calls", "use_beam_search", "structured_outputs", "guided_json",
+    "guided_regex", "guided_choice", "guided_grammar",
+)  # fmt: skip
+"""OpenAI / vLLM parameters leaflm does not implement yet: set to anything but null they are
+a 400 naming them, never silently ignored."""
 
 
 class SamplingExtras(BaseModel):
     """Fields shared by completions and chat requests."""
 
-    model: str | None = None
-    n: int = 1
-    best_of: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    stream: bool = False
+    model: StrictStr | None = None
+    n: StrictInt = 1
+    best_of: StrictInt | None = None
+    temperature: Number | None = None
+    top_p: Number | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    presence_penalty: Number = 0.0
+    frequency_penalty: Number = 0.0
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: StrictStr | None = None
     # vLLM extras
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    ignore_eos: bool = False
-    min_tokens: int = 0
-    stop_token_ids: list[int] | None = None
-    skip_special_tokens: bool = True
-    return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:<id>" (vLLM)
+    top_k: StrictInt | None = None
+    min_p: Number | None = None
+    repetition_penalty: Number | None = None
+    ignore_eos: StrictBool = False
+    min_tokens: StrictInt = 0
+    stop_token_ids: list[TokenId] | None = None
+    skip_special_tokens: StrictBool = True
+    include_stop_str_in_output: StrictBool = False
+    prompt_logprobs: StrictInt | None = None
+    return_tokens_as_token_ids: StrictBool = False  # logprob tokens as "token_id:<id>" (vLLM)
+    # Known but not implemented: a 400 when set (see UNSUPPORTED_FIELDS).
+    logit_bias: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any | None = None
+    functions: list[Any] | None = None
+    function_call: Any | None = None
+    parallel_tool_calls: Any | None = None
+    use_beam_search: Any | None = None
+    structured_outputs: Any | None = None
+    guided_json: Any | None = None
+    guided_regex: Any | None = None
+    guided_choice: Any | None = None
+    guided_grammar: Any | None = None
 
 
 class CompletionRequest(SamplingExtras):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = 16
-    logprobs: int | None = None
-    echo: bool = False
-    suffix: str | None = None
+    prompt: StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
+    max_tokens: StrictInt | None = 16
+    logprobs: StrictInt | None = None
+    echo: StrictBool = False
+    suffix: StrictStr | None = None
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
+    type: StrictStr
+    text: StrictStr | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: str
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    role: StrictStr
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
 
 
 class ChatCompletionRequest(SamplingExtras):
     messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = None
-    add_generation_prompt: bool = True
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = None
+    add_generation_prompt: StrictBool = True
 
 
 class Usage(BaseModel):
@@ -86,11 +114,24 @@ class CompletionLogprobs(BaseModel):
     top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
 
 
+class PromptLogprob(BaseModel):
+    """vLLM's shape of one token's entry in `prompt_logprobs`."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+"""Per prompt position: token id (as a JSON key) -> entry; the first position is null."""
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -139,6 +180,7 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class Delta(BaseModel):
@@ -175,6 +217,19 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body, also sent as the last SSE event when a stream fails."""
+
+    error: ErrorDetail
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from leaflm.gateway.schemas.openai import ChatMessage
+from leaflm.gateway.schemas.types import StrictBool, StrictStr, TokenId
 
 
 class TokenizeRequest(BaseModel):
-    model: str | None = None
-    prompt: str | None = None
+    model: StrictStr | None = None
+    prompt: StrictStr | None = None
     messages: list[ChatMessage] | None = None
-    add_special_tokens: bool = True
-    add_generation_prompt: bool = True
+    add_special_tokens: StrictBool = True
+    add_generation_prompt: StrictBool = True
 
 
 class TokenizeResponse(BaseModel):
@@ -22,12 +23,17 @@ class TokenizeResponse(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
-    model: str | None = None
-    tokens: list[int]
+    model: StrictStr | None = None
+    tokens: list[TokenId]
 
 
 class DetokenizeResponse(BaseModel):
     prompt: str
+
+
+class HealthResponse(BaseModel):
+    status: str
+    message: str | None = None
 
 
 class VersionResponse(BaseModel):

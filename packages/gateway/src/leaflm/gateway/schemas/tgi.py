@@ -6,37 +6,41 @@ mostly as null, and sampling values such as `temperature: 0.01` or `top_p: 0.99`
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
+
+from leaflm.gateway.schemas.types import Number, StrictBool, StrictInt, StrictStr
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 
 class GenerateParameters(BaseModel):
-    best_of: int | None = None
-    decoder_input_details: bool = False
-    details: bool = False
-    do_sample: bool = False
-    frequency_penalty: float | None = None
-    max_new_tokens: int | None = None
-    repetition_penalty: float | None = None
-    return_full_text: bool | None = None
-    seed: int | None = None
-    stop: list[str] | None = None
-    temperature: float | None = None
-    top_k: int | None = None
-    top_n_tokens: int | None = None
-    top_p: float | None = None
-    truncate: int | None = None
-    typical_p: float | None = None
-    watermark: bool = False
+    best_of: StrictInt | None = None
+    decoder_input_details: StrictBool = False
+    details: StrictBool = False
+    do_sample: StrictBool = False
+    frequency_penalty: Number | None = None
+    max_new_tokens: StrictInt | None = None
+    repetition_penalty: Number | None = None
+    return_full_text: StrictBool | None = None
+    seed: StrictInt | None = None
+    stop: list[StrictStr] | None = None
+    temperature: Number | None = None
+    top_k: StrictInt | None = None
+    top_n_tokens: StrictInt | None = None
+    top_p: Number | None = None
+    truncate: StrictInt | None = None
+    typical_p: Number | None = None
+    watermark: StrictBool = False
+    grammar: dict[str, Any] | None = None  # not implemented: a 422 when set
+    adapter_id: StrictStr | None = None  # LoRA adapters: not implemented, a 422 when set
 
 
 class GenerateRequest(BaseModel):
-    inputs: str
+    inputs: StrictStr
     parameters: GenerateParameters | None = None
-    stream: bool = False
+    stream: StrictBool = False
 
 
 class Token(BaseModel):
@@ -92,6 +96,13 @@ class StreamResponse(BaseModel):
     details: StreamDetails | None = None
 
 
+class ErrorResponse(BaseModel):
+    """TGI's error body (422 for validation); huggingface_hub maps error_type to exceptions."""
+
+    error: str
+    error_type: str
+
+
 class Info(BaseModel):
     model_id: str
     model_sha: str | None = None
@@ -101,6 +112,7 @@ class Info(BaseModel):
     max_concurrent_requests: int
     max_best_of: int
     max_stop_sequences: int
+    max_top_n_tokens: int
     max_input_tokens: int
     max_total_tokens: int
     validation_workers: int = 1

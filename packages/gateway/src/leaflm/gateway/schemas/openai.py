@@ -20,13 +20,10 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-UNSUPPORTED_FIELDS = (
-    "logit_bias", "response_format", "tools", "tool_choice", "functions", "function_call",
-    "parallel_tool_calls", "use_beam_search", "structured_outputs", "guided_json",
-    "guided_regex", "guided_choice", "guided_grammar",
-)  # fmt: skip
-"""OpenAI / vLLM parameters leaflm does not implement yet: set to anything but null they are
-a 400 naming them, never silently ignored."""
+UNSUPPORTED_FIELDS = ("functions", "function_call")
+"""OpenAI / vLLM parameters leaflm does not implement (the legacy function-calling fields;
+`tools` replaces them): set to anything but null they are a 400 naming them, never silently
+ignored."""
 
 
 class SamplingExtras(BaseModel):
@@ -55,20 +52,22 @@ class SamplingExtras(BaseModel):
     include_stop_str_in_output: StrictBool = False
     prompt_logprobs: StrictInt | None = None
     return_tokens_as_token_ids: StrictBool = False  # logprob tokens as "token_id:<id>" (vLLM)
-    # Known but not implemented: a 400 when set (see UNSUPPORTED_FIELDS).
+    # Logit controls and structured outputs (gateway/structured.py), beam search (vLLM).
     logit_bias: dict[str, Any] | None = None
+    allowed_token_ids: list[TokenId] | None = None
+    bad_words: list[StrictStr] | None = None
+    truncate_prompt_tokens: StrictInt | None = None
     response_format: dict[str, Any] | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: StrictStr | dict[str, Any] | None = None
+    guided_regex: StrictStr | None = None
+    guided_choice: list[StrictStr] | None = None
+    guided_grammar: StrictStr | None = None
+    use_beam_search: StrictBool = False
+    length_penalty: Number = 1.0
+    # Known but not implemented: a 400 when set (see UNSUPPORTED_FIELDS).
     functions: list[Any] | None = None
     function_call: Any | None = None
-    parallel_tool_calls: Any | None = None
-    use_beam_search: Any | None = None
-    structured_outputs: Any | None = None
-    guided_json: Any | None = None
-    guided_regex: Any | None = None
-    guided_choice: Any | None = None
-    guided_grammar: Any | None = None
 
 
 class CompletionRequest(SamplingExtras):
@@ -94,6 +93,10 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingExtras):
     messages: list[ChatMessage]
+    # Tool calling (gateway/tools.py).
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
     max_tokens: StrictInt | None = None
     max_completion_tokens: StrictInt | None = None
     logprobs: StrictBool = False
@@ -159,17 +162,29 @@ class ChatLogprobs(BaseModel):
     refusal: list[TokenLogprob] | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as a string
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -186,13 +201,14 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's tool-call deltas (with index)
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: Delta
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 
 class ChatCompletionChunk(BaseModel):

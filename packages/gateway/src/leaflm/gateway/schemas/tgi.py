@@ -33,7 +33,7 @@ class GenerateParameters(BaseModel):
     truncate: StrictInt | None = None
     typical_p: Number | None = None
     watermark: StrictBool = False
-    grammar: dict[str, Any] | None = None  # not implemented: a 422 when set
+    grammar: dict[str, Any] | None = None  # {"type": "json" | "regex", "value": ...}
     adapter_id: StrictStr | None = None  # LoRA adapters: not implemented, a 422 when set
 
 

@@ -15,9 +15,11 @@ has its next-token logits, one beam step runs, following HF Transformers' `_beam
 - the request ends when every top candidate stops, or when no live beam can beat the worst
   of W finished hypotheses (HF's `early_stopping=False` heuristic).
 
-Beams that already have logits while a sibling is still being recomputed (after a
-preemption) are parked: taken out of the scheduler's running queue, their blocks kept,
-until the whole group is ready.
+Beams that already have logits while a sibling is still being computed (after a
+preemption) are parked: taken out of the scheduler's running queue, their blocks kept, until
+the whole group is ready. If a step's schedule leaves such a sibling out (waiting or swapped:
+it needs blocks), the parked beams release theirs (their KV is recomputed after the beam
+step; their logits are kept), so a group never holds blocks its own sibling waits for.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 
 from leaflm.engine.outputs import CompletionOutput, RequestOutput
 from leaflm.engine.sampling_params import SamplingParams
+from leaflm.engine.sequence import SequenceStatus
 
 if TYPE_CHECKING:
     from leaflm.engine.engine import LLMEngine
@@ -108,7 +111,8 @@ class BeamGroup:
     live: list[Sequence]
     keep: int  # candidates kept per step: max(2, 1 + number of EOS ids) * beam_width
     ready: dict[int, torch.Tensor] = field(default_factory=dict)  # seq_id -> logprob row
-    parked: set[int] = field(default_factory=set)
+    parked: set[int] = field(default_factory=set)  # ready, off the queues, blocks kept
+    released: set[int] = field(default_factory=set)  # ready, off the queues, blocks freed
     finished: list[_Hypothesis] = field(default_factory=list)
     can_improve: bool = True
     next_index: int = 1
@@ -129,6 +133,22 @@ class BeamSearcher:
 
     def discard(self, request_id: str) -> None:
         self.groups.pop(request_id, None)
+
+    def release_blocked(self) -> None:
+        """Free the blocks of parked beams whose sibling the scheduler left waiting or swapped."""
+        for group in self.groups.values():
+            if not group.parked:
+                continue
+            lagging = [s for s in group.live if s.seq_id not in group.ready]
+            if all(s.status is SequenceStatus.RUNNING for s in lagging):
+                continue  # the sibling runs (it was scheduled): keep the blocks
+            for seq in group.live:
+                if seq.seq_id in group.parked:
+                    self.engine.block_manager.free(seq)
+                    seq.num_computed_tokens = 0
+                    seq.status = SequenceStatus.WAITING
+                    group.released.add(seq.seq_id)
+            group.parked.clear()
 
     def step(
         self, logits: torch.Tensor, seqs: list[Sequence], rows: list[int]
@@ -229,12 +249,18 @@ class BeamSearcher:
                 child = seq.fork(engine._new_seq_id(), group.next_index, 0)
                 group.next_index += 1
                 bm.fork(seq, child)
-                sched.add_running(child)
+                if child.status is SequenceStatus.RUNNING:
+                    sched.add_running(child)
+                else:  # a released parent has no blocks: the child recomputes too
+                    sched.add(child)
                 req.seqs.append(child)
                 beams[pos].append(child)
             if seq.seq_id in group.parked:
                 sched.add_running(seq)
+            elif seq.seq_id in group.released:
+                sched.add(seq)  # recomputes its KV, then samples with its siblings
         group.parked.clear()
+        group.released.clear()
         live = []  # in candidate rank order, as HF orders its running beams
         for score, parent, token, _ in going:
             seq = beams[parent].pop(0)
@@ -250,7 +276,7 @@ class BeamSearcher:
             if not seq.is_finished:
                 seq.finish_reason = "length"
                 engine.scheduler.finish(seq)
-        group.live, group.parked = [], set()
+        group.live, group.parked, group.released = [], set(), set()
         self.discard(req.request_id)
         engine.requests.pop(req.request_id, None)
         tok = engine.tokenizer

@@ -167,6 +167,8 @@ class LLMEngine:
     # -- the step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         sched = self.scheduler.schedule()
+        if self.beam_search.groups:
+            self.beam_search.release_blocked()
         if sched.empty:
             return []
         now = time.monotonic()

@@ -152,14 +152,20 @@ def test_beams_share_prompt_blocks(llama_dir, assert_no_leaks):
     assert_no_leaks(llm)
 
 
-def test_preemption_gives_same_beams(llama_dir, assert_no_leaks):
-    """A cache too small for every beam at once: preempted beams are recomputed, same result."""
+@pytest.mark.parametrize(
+    "tight", [{"num_blocks": 24}, {"num_blocks": 16}, {"num_blocks": 12, "swap_space_gb": 0.0001}]
+)
+def test_preemption_gives_same_beams(llama_dir, assert_no_leaks, tight):
+    """A cache too small for every beam at once: preempted beams are recomputed or swapped,
+    parked siblings give their blocks back while they wait, and the result is the same."""
     prompts = random_token_prompts(4, 300, lo=8, hi=16, seed=3)
     params = BeamSearchParams(4, 10, ignore_eos=True)
     big = LLM(str(llama_dir), block_size=4, kv_cache_memory=4 << 20)
     ref = big.beam_search(prompts, params)
+    tight = dict(tight)
     block_bytes = 2 * 2 * 4 * 2 * 16 * 4  # tiny llama: K+V, 2 layers, block 4, 2 heads x 16
-    small = LLM(str(llama_dir), block_size=4, kv_cache_memory=24 * block_bytes)
+    memory = tight.pop("num_blocks") * block_bytes
+    small = LLM(str(llama_dir), block_size=4, kv_cache_memory=memory, **tight)
     got = small.beam_search(prompts, params)
     assert small.llm_engine.scheduler.num_preemptions > 0
     for r, g in zip(ref, got, strict=True):

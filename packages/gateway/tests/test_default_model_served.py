@@ -197,3 +197,26 @@ def test_streaming_equals_non_streaming_at_temperature_zero(client, model):
     )
     assert streamed == whole
     jsonschema.validate(json.loads(whole), ORDER)
+
+
+def test_auto_tool_choice_streams_like_non_streaming(client, model):
+    """tool_choice auto (hermes parser): the same content and calls streamed or not."""
+    kwargs = dict(
+        model=model, tools=TOOLS, temperature=0, max_tokens=48,
+        messages=[{"role": "user", "content": "Hello! Who are you?"}],
+    )  # fmt: skip
+    whole = client.chat.completions.create(**kwargs).choices[0]
+    content, calls, reason = "", {}, None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            reason = choice.finish_reason or reason
+            content += choice.delta.content or ""
+            for d in choice.delta.tool_calls or []:
+                acc = calls.setdefault(d.index, ["", ""])
+                acc[0] += d.function.name or ""
+                acc[1] += d.function.arguments or ""
+    assert content == (whole.message.content or "")
+    assert list(calls.values()) == [
+        [c.function.name, c.function.arguments] for c in whole.message.tool_calls or []
+    ]
+    assert reason == whole.finish_reason

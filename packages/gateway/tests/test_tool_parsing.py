@@ -10,7 +10,13 @@ from types import SimpleNamespace
 import pytest
 
 from leaflm.gateway.errors import APIError
-from leaflm.gateway.tools import parse_output, plan_tools, stream_deltas, template_messages
+from leaflm.gateway.tools import (
+    ToolStream,
+    parse_output,
+    plan_tools,
+    stream_deltas,
+    template_messages,
+)
 
 TOOLS = [
     {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}},
@@ -35,7 +41,7 @@ def test_hermes_blocks_become_calls_and_the_rest_content():
     text = 'Let me add.\n<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>\n' \
            '<tool_call>{"name": "echo", "arguments": {}}</tool_call>'  # fmt: skip
     content, calls = parse_output(text, plan())
-    assert content == "Let me add."
+    assert content == "Let me add.\n"  # the text before the first call, as vLLM
     assert names_args(calls) == [("add", {"a": 1}), ("echo", {})]
     assert all(c["id"].startswith("call_") for c in calls) and calls[0]["id"] != calls[1]["id"]
     _, one = parse_output(text, plan(parallel=False))
@@ -74,6 +80,30 @@ def test_required_schema_lists_declared_functions():
         ["echo"],
     ]
     assert plan().schema() is None
+
+
+def test_tool_stream_sends_text_until_a_call_starts():
+    ts = ToolStream(plan())
+    pieces = [
+        "Sure",
+        "Sure, <to",
+        "Sure, <tool_ca",
+        'Sure, <tool_call>{"name": "add", "arguments": {}}</tool_call>',
+    ]
+    sent = [ts.feed(p) for p in pieces]
+    assert sent == ["Sure", ", ", "", ""]  # a possible start of the tag is held back
+    chunks = ts.finish(pieces[-1], "stop")
+    assert [c["finish_reason"] for c in chunks] == [None, None, "tool_calls"]
+    assert chunks[0]["delta"]["tool_calls"][0]["function"]["name"] == "add"
+    plain = ToolStream(plan())
+    assert plain.feed("a <b") == "a <b" and plain.feed("a <bc <") == "c "
+    (last,) = [c for c in plain.finish("a <bc <", "stop") if c["delta"]]
+    assert (
+        last["delta"] == {"content": "<"}
+        and plain.finish("a <bc <", "stop")[-1]["finish_reason"] == "stop"
+    )
+    held = ToolStream(plan("required"))
+    assert held.feed('[{"name": "add"') == ""
 
 
 def test_stream_deltas_shape():

@@ -12,8 +12,9 @@
   `parallel_tool_calls` is false); a named function constrains it to that function's
   arguments, as vLLM does.
 - Calls come back as `message.tool_calls` (ids `call_<hex>`, `arguments` a JSON string) with
-  `finish_reason: "tool_calls"`; streamed, as OpenAI's tool-call deltas once the choice ends
-  (the text of a tool-call answer is held back until it can be parsed).
+  `finish_reason: "tool_calls"`; streamed, as OpenAI's tool-call deltas once the choice ends.
+  With `auto` and the hermes parser, text before a `<tool_call>` streams as content as it
+  comes; otherwise (required, named, the json parser) the answer is held until it ends.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _HERMES_SYSTEM = (
     "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
     '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
 )
+HERMES_START = "<tool_call>"
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
@@ -287,8 +289,48 @@ def parse_output(text: str, plan: ToolPlan) -> tuple[str | None, list[dict[str, 
         calls += parsed
     if not calls:
         return text, None
-    content = _HERMES_CALL.sub("", text).strip()
+    content = text[: text.find(HERMES_START)]  # as vLLM's hermes parser: the text before
     return content or None, calls if plan.parallel else calls[:1]
+
+
+class ToolStream:
+    """Streams one choice of a tool request: content as it comes while it cannot be a call
+    (tool_choice auto with the hermes parser: until `<tool_call>` starts; a possible start
+    of the tag is held back), the rest parsed when the choice ends."""
+
+    def __init__(self, plan: ToolPlan) -> None:
+        self.plan = plan
+        self.live = plan.choice == "auto" and plan.parser == "hermes"
+        self.sent = 0  # characters of content already streamed
+
+    def feed(self, text: str) -> str:
+        """The content delta that is safe to send, given the choice's text so far."""
+        if not self.live:
+            return ""
+        start = text.find(HERMES_START)
+        if start >= 0:
+            safe = start
+            self.live = False
+        else:
+            safe = len(text)
+            for k in range(min(len(HERMES_START) - 1, len(text)), 0, -1):
+                if HERMES_START.startswith(text[-k:]):
+                    safe = len(text) - k
+                    break
+        delta, self.sent = text[self.sent : safe], max(self.sent, safe)
+        return delta
+
+    def finish(self, text: str, reason: str | None) -> list[dict[str, Any]]:
+        """The choice's last chunks: remaining content, tool-call deltas, the finish."""
+        message, reason = message_and_reason(text, reason, self.plan)
+        chunks = []
+        rest = (message.get("content") or "")[self.sent :]
+        if rest:
+            chunks.append({"delta": {"content": rest}, "finish_reason": None})
+        for delta in stream_deltas(message.get("tool_calls") or []):
+            chunks.append({"delta": delta, "finish_reason": None})
+        chunks.append({"delta": {}, "finish_reason": reason})
+        return chunks
 
 
 def stream_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -40,11 +40,11 @@ from leaflm.gateway.streams import SSE_DONE, close_quietly, sse
 from leaflm.gateway.structured import structured_param, truncate_prompts
 from leaflm.gateway.tools import (
     ToolPlan,
+    ToolStream,
     check_tool_calls,
     constrain,
     message_and_reason,
     plan_tools,
-    stream_deltas,
     template_messages,
     template_supports_tools,
 )
@@ -170,14 +170,21 @@ async def _stream(
                 [{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                   "finish_reason": None}]
             )  # fmt: skip
-        held = plan is not None and plan.choice != "none"  # tool answers: parse at the end
+        tool_streams: dict[int, ToolStream] = {}  # tool answers are parsed as they end
         async for _, out in outputs:
             result.add(out)
             for c in out.outputs:
-                if held:
+                if plan is not None and plan.choice != "none":
+                    ts = tool_streams.setdefault(c.index, ToolStream(plan))
+                    text = result.completions[c.index].text
+                    content = ts.feed(text)
+                    pieces = (
+                        [{"delta": {"content": content}, "finish_reason": None}] if content else []
+                    )
                     if c.finish_reason is not None:
-                        for delta in _tool_chunks(result.completions[c.index], plan):
-                            yield chunk([{"index": c.index, "logprobs": None, **delta}])
+                        pieces += ts.finish(text, openai_finish_reason(c.finish_reason))
+                    for piece in pieces:
+                        yield chunk([{"index": c.index, "logprobs": None, **piece}])
                     continue
                 choice = {
                     "index": c.index,
@@ -191,18 +198,6 @@ async def _stream(
         yield SSE_DONE
     finally:
         await close_quietly(outputs)
-
-
-def _tool_chunks(comp: Any, plan: ToolPlan) -> list[dict]:
-    """The held-back answer of one choice as deltas: content, tool calls, finish."""
-    message, reason = message_and_reason(comp.text, openai_finish_reason(comp.finish_reason), plan)
-    chunks = []
-    if message.get("content"):
-        chunks.append({"delta": {"content": message["content"]}, "finish_reason": None})
-    for delta in stream_deltas(message.get("tool_calls") or []):
-        chunks.append({"delta": delta, "finish_reason": None})
-    chunks.append({"delta": {}, "finish_reason": reason})
-    return chunks
 
 
 router = APIRouter()

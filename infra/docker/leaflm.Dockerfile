@@ -1,6 +1,7 @@
 # leaflm serving image: engine + kernels + gateway + the embedded default model.
 #
 #   GPU (default):  docker build -f infra/docker/leaflm.Dockerfile -t leaflm .
+#   run:            docker run --gpus all -p 127.0.0.1:8000:8000 leaflm   (curl 127.0.0.1:8000/health)
 #   CPU:            docker build -f infra/docker/leaflm.Dockerfile \
 #                     --build-arg BASE=python:3.11-slim --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu -t leaflm:cpu .
 #
@@ -25,4 +26,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s \
   CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/health')" || exit 1
 # No model argument = the embedded SmolLM2-135M-Instruct; pass a mounted HF dir to serve another.
-ENTRYPOINT ["leaflm", "serve", "--host", "127.0.0.1", "--port", "8000"]
+# 0.0.0.0: inside the container 127.0.0.1 is unreachable from `docker run -p 8000:8000`; the
+# published port (bind it as -p 127.0.0.1:8000:8000 to stay local) is the boundary.
+ENTRYPOINT ["leaflm", "serve", "--host", "0.0.0.0", "--port", "8000"]

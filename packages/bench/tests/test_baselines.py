@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import psutil
 import pytest
 from transformers import AutoTokenizer
 
-from leaflm.bench.baselines import run_hf_generate_batch, run_hf_single, run_hf_static
+from leaflm.bench.baselines import (
+    cb_cache_blocks,
+    run_hf_generate_batch,
+    run_hf_single,
+    run_hf_static,
+)
 from leaflm.bench.offline import run_throughput, speedups
 from leaflm.bench.workload import BenchRequest, random_workload
 from leaflm.engine.testing import build_tiny_model
@@ -30,8 +36,21 @@ def test_generate_batch_ignores_eos_and_runs_outside_inference_mode(setup):
     # one output length: generate_batch pays a fixed start-up cost per call on CPU
     model_dir, reqs = setup
     fixed = [BenchRequest(r.prompt, r.prompt_token_ids, 6) for r in reqs[:3]]
-    result = run_hf_generate_batch(fixed, model_dir)
+    # a cache of 3 blocks of 256 tokens and 64-token batches: without them generate_batch
+    # takes 90% of free RAM for its cache (>10 GB here)
+    before_mb = psutil.Process().memory_info().rss / 2**20
+    result = run_hf_generate_batch(fixed, model_dir, num_blocks=3, max_batch_tokens=64)
     assert result.output_tokens == 18 and result.note == "generate_batch"
+    assert result.peak_memory_mb - before_mb < 1024, (before_mb, result.peak_memory_mb)
+
+
+def test_generate_batch_cache_holds_the_workload_on_cpu(setup):
+    _, reqs = setup
+    assert cb_cache_blocks(reqs, page_size=256) == len(reqs)  # each request fits one block
+    long = BenchRequest("x", list(range(300)), 10)
+    assert cb_cache_blocks([long, *reqs[:2]], page_size=256) == 2 + 2
+    with pytest.raises(ValueError, match="num_blocks must be a positive integer"):
+        run_hf_generate_batch(reqs, "unused", num_blocks=0)
 
 
 def test_failures_are_recorded_and_other_backends_still_run(setup, monkeypatch):

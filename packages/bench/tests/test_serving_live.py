@@ -28,7 +28,7 @@ def test_sweep_against_leaflm_gateway_and_naive_server(tmp_path):
     rows, raw, problems = run_serve(
         [parse_target("leaflm"), parse_target("naive")], workload, str(model_dir), [2],
         tmp_path / "logs", slo={"ttft": 30.0}, min_requests=4, time_limit=120,
-        log=lambda msg: started.append(msg),
+        log=lambda msg: started.append(msg), kv_cache_memory="16MiB",
     )  # fmt: skip
     assert problems == []
     assert [(r["target"], r["concurrency"]) for r in rows] == [("leaflm", 2), ("naive", 2)]
@@ -43,6 +43,7 @@ def test_sweep_against_leaflm_gateway_and_naive_server(tmp_path):
     # both servers were stopped: nothing listens on their ports any more
     urls = {line.split(" --port ")[1].split()[0] for line in started if "--port" in line}
     assert len(urls) == 2
+    assert any("leaflm.gateway" in line and "--kv-cache-memory 16MiB" in line for line in started)
     assert not any(_listening(f"http://127.0.0.1:{port}") for port in urls)
 
 

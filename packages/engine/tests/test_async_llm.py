@@ -25,7 +25,9 @@ def test_32_streams_some_cancelled(llama_dir, assert_no_leaks):
     greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     expected = [
         o.outputs[0].token_ids
-        for o in LLM(str(llama_dir)).generate(prompts, greedy, use_tqdm=False)
+        for o in LLM(str(llama_dir), kv_cache_memory="4MiB").generate(
+            prompts, greedy, use_tqdm=False
+        )
     ]
 
     async def main():
@@ -72,7 +74,7 @@ def test_32_streams_some_cancelled(llama_dir, assert_no_leaks):
 
 def test_abort_ends_stream_and_errors_come_first(llama_dir, assert_no_leaks):
     async def main():
-        engine = AsyncLLM(str(llama_dir))
+        engine = AsyncLLM(str(llama_dir), kv_cache_memory="4MiB")
         try:
             with pytest.raises(ValueError, match="temperature"):
                 SamplingParams(temperature=-1)
@@ -100,7 +102,7 @@ def test_abort_ends_stream_and_errors_come_first(llama_dir, assert_no_leaks):
 
 def test_model_error_fails_requests_and_frees_blocks(llama_dir, assert_no_leaks):
     async def main():
-        engine = AsyncLLM(str(llama_dir))
+        engine = AsyncLLM(str(llama_dir), kv_cache_memory="4MiB")
         runner = engine.engine.runner
         real, calls = runner.execute, {"n": 0}
 

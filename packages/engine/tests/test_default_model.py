@@ -134,6 +134,8 @@ def test_cli_generate_prints_coherent_text(llm, cache_dir):
             "Once upon a time",
             "--max-tokens",
             "12",
+            "--kv-cache-memory",
+            "64MiB",
         ],
         capture_output=True,
         text=True,
@@ -142,6 +144,10 @@ def test_cli_generate_prints_coherent_text(llm, cache_dir):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("Once upon a time, the city of Nova Haven was a thriving")
+    # Each loading phase says what it is doing, on stderr (stdout holds only the text).
+    phases = ["resolving model", "loading weights", "KV cache:", "ready in"]
+    positions = [proc.stderr.find(f"leaflm: {p}") for p in phases]
+    assert -1 not in positions and positions == sorted(positions), proc.stderr
 
 
 def _hide(monkeypatch, module: str) -> None:

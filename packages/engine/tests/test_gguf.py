@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 
 import gguf
@@ -230,9 +233,65 @@ def test_second_start_comes_from_the_cache(tiny_llama, tmp_path, monkeypatch):
     assert (t1 - t0) >= 10 * (t2 - t1), f"first {t1 - t0:.4f}s, cached {t2 - t1:.4f}s"
     print(f"tiny GGUF: first start {t1 - t0:.3f}s, cached start {t2 - t1:.5f}s")
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]
-    # An edited file converts again, into a different entry.
+    # A touched file is the same content, hence the same entry; an edited one is a new entry.
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert gguf_cache_dir(path) == first
+    with path.open("r+b") as fh:
+        fh.seek(-1, os.SEEK_END)
+        last = fh.read(1)
+        fh.seek(-1, os.SEEK_END)
+        fh.write(bytes([last[0] ^ 1]))
     assert gguf_cache_dir(path) != first
+
+
+def test_copies_of_one_file_in_two_venvs_share_one_entry(tiny_llama, tmp_path, monkeypatch):
+    (tmp_path / "venv-a").mkdir()
+    venv_a = write_tiny_gguf(tiny_llama, tmp_path / "venv-a" / "model.gguf")
+    venv_b = tmp_path / "venv-b" / "renamed.gguf"
+    venv_b.parent.mkdir()
+    shutil.copyfile(venv_a, venv_b)
+    first = convert_gguf(venv_a, progress=False)
+    import leaflm.engine.gguf.convert as convert
+
+    def no_convert(*_a, **_k):
+        raise AssertionError("the second venv's copy must reuse the first one's conversion")
+
+    monkeypatch.setattr(convert, "GGUFFile", no_convert)
+    assert convert_gguf(venv_b, progress=False) == first
+    assert [p.name for p in (tmp_path / "cache" / "gguf").iterdir()] == [first.name]
+    # Each path's digest is computed once and remembered: a later start does not re-read it.
+    import leaflm.engine.gguf.cache as cache
+
+    monkeypatch.setattr(cache, "sha256_file", no_convert)
+    assert gguf_cache_dir(venv_a) == gguf_cache_dir(venv_b) == first
+
+
+def test_cli_says_it_converts_with_a_progress_bar(tiny_llama, tmp_path):
+    gguf_file = write_tiny_gguf(tiny_llama, tmp_path / "tiny.gguf")
+    cmd = [sys.executable, "-m", "leaflm.engine.cli", "generate", "a", "--model", str(gguf_file),
+           "--max-tokens", "2"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # LEAFLM_CACHE_DIR: this test's (fixture)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"leaflm: converting tiny.gguf to float32 into {tmp_path / 'cache' / 'gguf'}" in (
+        proc.stderr
+    )
+    assert "Converting tiny.gguf: 100%" in proc.stderr  # the tqdm bar
+    assert "leaflm: converted in" in proc.stderr and "leaflm: ready in" in proc.stderr
+
+
+def test_cache_command_lists_and_clears_entries(tiny_llama, tmp_path, capsys):
+    from leaflm.engine.cli import main
+
+    convert_gguf(write_tiny_gguf(tiny_llama, tmp_path / "m.gguf"), progress=False)
+    assert main(["cache", "info"]) == 0
+    info = capsys.readouterr().out
+    assert str(tmp_path / "cache") in info and "conversion of m.gguf" in info, info
+    assert main(["cache", "clear"]) == 0
+    assert "MiB freed" in capsys.readouterr().out
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
+    main(["cache", "info"])
+    assert "(0.0 MiB" in capsys.readouterr().out
 
 
 def test_crashed_conversion_is_not_mistaken_for_a_cache_entry(tiny_llama, tmp_path, monkeypatch):

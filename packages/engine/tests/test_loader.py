@@ -15,7 +15,7 @@ PARAMS = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 
 
 def _greedy(model_dir, prompts):
-    outs = LLM(str(model_dir)).generate(prompts, PARAMS, use_tqdm=False)
+    outs = LLM(str(model_dir), kv_cache_memory="4MiB").generate(prompts, PARAMS, use_tqdm=False)
     return [o.outputs[0].token_ids for o in outs]
 
 

@@ -73,6 +73,6 @@ def test_rope_scaling_from_config(tiny_models, rope):
     ]
     prompts = random_token_prompts(3, vocab=380, lo=20, hi=60, seed=4)
     reference = hf_greedy(model_dir, prompts, 8)
-    llm = LLM(str(model_dir))
+    llm = LLM(str(model_dir), kv_cache_memory="4MiB")
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=0)
     assert_greedy_parity(llm.generate(prompts, params, use_tqdm=False), reference)

@@ -39,7 +39,7 @@ def _reference(model_dir, prompt, steps, repetition, frequency, presence):
 )
 def test_penalties_match_reference(llama_dir, repetition, frequency, presence):
     prompts = random_token_prompts(2, vocab=380, lo=5, hi=15, seed=31)
-    llm = LLM(str(llama_dir))
+    llm = LLM(str(llama_dir), kv_cache_memory="4MiB")
     params = SamplingParams(
         temperature=0.0,
         max_tokens=16,

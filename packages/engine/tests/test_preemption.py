@@ -57,9 +57,11 @@ def test_prefix_caching_on_and_off_agree(llama_dir, assert_no_leaks):
     tails = random_token_prompts(6, vocab=380, lo=1, hi=12, seed=8)
     prompts = [shared + t for t in tails]
     params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
-    llm_off, off = _run(llama_dir, prompts, params, enable_prefix_caching=False)
+    llm_off, off = _run(
+        llama_dir, prompts, params, kv_cache_memory="4MiB", enable_prefix_caching=False
+    )
     assert llm_off.llm_engine.stats().prefix_cache_hit_rate == 0.0
-    llm_on = LLM(str(llama_dir), block_size=4, enable_prefix_caching=True)
+    llm_on = LLM(str(llama_dir), block_size=4, kv_cache_memory="4MiB", enable_prefix_caching=True)
     # The first prompt fills the cache; the others reuse its 7 full shared blocks.
     first = llm_on.generate(prompts[:1], params, use_tqdm=False)
     rest = llm_on.generate(prompts[1:], params, use_tqdm=False)

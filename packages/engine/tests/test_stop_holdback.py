@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from leaflm.engine import LLM, SamplingParams
+from leaflm.engine import SamplingParams
 from leaflm.engine.config import EngineArgs
 from leaflm.engine.engine import LLMEngine
 
@@ -89,14 +89,6 @@ def test_best_of_deltas_hold_each_candidate_whole(engine):
     (choice,) = outs[0].outputs
     assert choice.index == 0 and len(choice.token_ids) == 8
     assert engine.block_manager.all_free()
-
-
-def test_n_or_best_of_beyond_max_num_seqs_is_refused(llama_dir):
-    llm = LLM(str(llama_dir), kv_cache_memory="16MiB", max_num_seqs=4)
-    with pytest.raises(ValueError, match="best_of must be <= max_num_seqs"):
-        llm.generate(PROMPT, SamplingParams(best_of=2**62, max_tokens=1), use_tqdm=False)
-    with pytest.raises(ValueError, match="n must be <= max_num_seqs"):
-        llm.generate(PROMPT, SamplingParams(n=5, max_tokens=1), use_tqdm=False)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 10**400])

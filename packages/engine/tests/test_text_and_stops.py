@@ -29,7 +29,7 @@ PROMPT = "The model reads the cache and the kernel writes"
 
 @pytest.fixture(scope="module")
 def llm(llama_dir):
-    return LLM(str(llama_dir))
+    return LLM(str(llama_dir), kv_cache_memory="4MiB")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_stop_string_spanning_tokens(llm, reference):
 
 
 def test_stop_string_with_delta_outputs(llama_dir, reference):
-    engine = LLMEngine(EngineArgs(model=str(llama_dir)))
+    engine = LLMEngine(EngineArgs(model=str(llama_dir), kv_cache_memory="4MiB"))
     text = reference.text
     stop = text[8:11]
     cut = text.find(stop)

@@ -61,7 +61,7 @@ def test_kv_cache_memory_accepts_sizes():
 
 
 def test_request_errors(llama_dir):
-    llm = LLM(str(llama_dir), max_model_len=64)
+    llm = LLM(str(llama_dir), kv_cache_memory="4MiB", max_model_len=64)
     with pytest.raises(ValueError, match="empty"):
         llm.generate("", use_tqdm=False)
     with pytest.raises(ValueError, match="max_model_len"):
@@ -87,7 +87,7 @@ def test_unknown_model_and_architecture(tmp_path, llama_dir):
     cfg["architectures"] = ["MysteryForCausalLM"]
     cfg["model_type"] = "llama"
     (odd / "config.json").write_text(json.dumps(cfg))
-    LLM(str(odd))  # falls back to model_type
+    LLM(str(odd), kv_cache_memory="4MiB")  # falls back to model_type
     from types import SimpleNamespace
 
     from leaflm.engine.models.registry import resolve_model_class

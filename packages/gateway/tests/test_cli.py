@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +13,7 @@ import time
 import httpx
 
 from leaflm.engine.cli import build_parser
-from leaflm.gateway.cli import engine_kwargs
+from leaflm.gateway.cli import add_serve_arguments, engine_kwargs
 from leaflm.gateway.server import free_port
 
 
@@ -59,3 +61,36 @@ def test_python_m_gateway_serves(tiny_model_dir):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_serve_refuses_a_busy_port_before_loading_the_model():
+    """The default model takes many seconds to load; a busy port must be named at once."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        cmd = [sys.executable, "-m", "leaflm.engine.cli", "serve", "--port", str(port)]
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            out, _ = proc.communicate(timeout=2)
+        finally:
+            proc.kill()
+            proc.wait()
+        elapsed = time.monotonic() - start
+    text = out.decode()
+    assert proc.returncode not in (0, None), text
+    assert f"127.0.0.1:{port} is already in use" in text, text
+    assert f"pid {os.getpid()}" in text, text  # psutil names this test process as the holder
+    assert elapsed < 2, f"took {elapsed:.2f}s"
+
+
+def test_every_serve_flag_says_what_it_does_and_its_default():
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) >= 18
+    for action in flags:
+        assert action.help and "default" in action.help, action.option_strings
+    text = parser.format_help()
+    assert "(default: 256)" in text and "(default: 16)" in text and "(default: 0.9)" in text

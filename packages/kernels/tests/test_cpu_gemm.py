@@ -119,3 +119,17 @@ def test_gated_silu_and_mul_matches_reference(rows, intermediate):
         gemm.packed_linear(x, packed)
     with pytest.raises(ValueError, match="pack_gated_weight"):
         gemm.packed_silu_and_mul(x, gemm.pack_weight(w))
+
+
+@pytest.mark.parametrize("out_features", [96, 101, 7])
+def test_packed_rows_read_back_the_original_rows(layout, out_features):
+    g = torch.Generator().manual_seed(out_features)
+    w = torch.randn(out_features, 80, generator=g)
+    packed = gemm.pack_weight(w)
+    rows = torch.tensor([0, out_features - 1, 3 % out_features, 0, out_features // 2])
+    if layout == "onednn":
+        with pytest.raises(ValueError, match="addressable rows"):
+            gemm.packed_rows(packed, rows)
+        return
+    assert torch.equal(gemm.packed_rows(packed, rows), w[rows])
+    assert torch.equal(gemm.packed_rows(packed, rows.view(1, -1)), w[rows].view(1, 5, 80))

@@ -144,24 +144,54 @@ def run_hf_static(
     return _timed("hf-static", requests, model_dir, device, dtype, body, note=f"batch {batch_size}")
 
 
+def cb_cache_blocks(requests: list[BenchRequest], page_size: int) -> int:
+    """KV blocks that hold every request of `requests` at once (prompt plus output)."""
+    return sum(-(-(r.prompt_len + r.output_len) // page_size) for r in requests)
+
+
 def run_hf_generate_batch(
-    requests: list[BenchRequest], model_dir: str | Path, device: str = "cpu", dtype: str = "auto"
+    requests: list[BenchRequest],
+    model_dir: str | Path,
+    device: str = "cpu",
+    dtype: str = "auto",
+    num_blocks: int | None = None,
+    max_batch_tokens: int | None = None,
 ) -> OfflineResult:
-    """Transformers' continuous batching (`generate_batch`), one call per output length."""
-    from transformers import GenerationConfig
+    """Transformers' continuous batching (`generate_batch`), one call per output length.
+
+    Left to itself, `generate_batch` sizes its paged cache from free memory (90% of it; on a
+    CPU host that is system RAM, >10 GB for a tiny model). On CPU the cache therefore holds
+    exactly the workload (`cb_cache_blocks`) unless `num_blocks` says otherwise; on CUDA
+    `None` keeps Transformers' own sizing. `max_batch_tokens=None` is Transformers' default.
+    """
+    from transformers import ContinuousBatchingConfig, GenerationConfig
+
+    for name, value in (("num_blocks", num_blocks), ("max_batch_tokens", max_batch_tokens)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
     def body(model) -> int:
         produced = 0
         by_len = sorted(requests, key=lambda r: r.output_len)
-        for out_len, group in groupby(by_len, key=lambda r: r.output_len):
+        for out_len, group_iter in groupby(by_len, key=lambda r: r.output_len):
+            group = list(group_iter)
             config = GenerationConfig(
                 max_new_tokens=out_len,
                 do_sample=False,
                 eos_token_id=None,  # generate_batch then disables EOS: ignore_eos
                 pad_token_id=_pad_id(model),
             )
+            cb = ContinuousBatchingConfig(max_batch_tokens=max_batch_tokens)
+            cb.num_blocks = num_blocks
+            if num_blocks is None and not device.startswith("cuda"):
+                cb.num_blocks = cb_cache_blocks(group, cb.page_size)
             results = model.generate_batch(
-                [r.prompt_token_ids for r in group], generation_config=config, progress_bar=False
+                [r.prompt_token_ids for r in group],
+                generation_config=config,
+                continuous_batching_config=cb,
+                progress_bar=False,
             )
             failed = [k for k, v in results.items() if v.error is not None]
             if failed:

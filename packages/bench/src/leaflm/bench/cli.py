@@ -1,4 +1,4 @@
-"""`leaflm bench {throughput,serve,report,gate}`: registered through the `leaflm.cli` entry point.
+"""`leaflm bench {throughput,serve,report,gate,soak}`: registered through the `leaflm.cli` entry point.
 
 Only argument parsing lives here; `leaflm.bench.run` does the work, so importing this module
 (which every `leaflm` invocation does) stays cheap.
@@ -79,8 +79,49 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text!r}")
+    return value
+
+
+def _add_soak_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=None,
+                   help="a running server on 127.0.0.1 (needs --pid); default: start one")  # fmt: skip
+    p.add_argument("--pid", type=int, default=None, help="the --url server's pid, for its RSS")
+    p.add_argument("--api-key", default=None)
+    p.add_argument(
+        "--model", default=None, help="HF model dir to serve (default: the embedded model)"
+    )
+    p.add_argument("--device", default="cpu", help="device of the started server")
+    p.add_argument("--dtype", default="auto", help="auto = float32 on CPU, bfloat16 on CUDA")
+    p.add_argument(
+        "--server-args", default="", help='extra `leaflm serve` flags, e.g. "--max-model-len 512"'
+    )
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    p.add_argument("--concurrency", type=int, default=8, help="concurrent streaming clients")
+    p.add_argument("--max-requests", type=int, default=100_000, help="stop after this many")
+    p.add_argument("--request-timeout", type=float, default=120.0,
+                   help="seconds before an unfinished request counts as hung")  # fmt: skip
+    p.add_argument("--max-prompt-words", type=int, default=200)
+    p.add_argument("--max-output-tokens", type=int, default=64)
+    p.add_argument("--disconnect-share", type=_share, default=0.2,
+                   help="share of streams the client drops mid-way")  # fmt: skip
+    p.add_argument("--invalid-share", type=_share, default=0.1,
+                   help="share of invalid requests (must get a 4xx)")  # fmt: skip
+    p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between samples")
+    p.add_argument("--drain-timeout", type=float, default=60.0,
+                   help="seconds the server gets to free every request and KV block")  # fmt: skip
+    p.add_argument("--max-rss-growth-mb", type=float, default=256.0,
+                   help="fail if late-load peak RSS exceeds the early-load peak by more")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--note", action="append", default=[], help="a line for the report's notes")
+    p.add_argument("--out", default=None, help="write results.json, report.md and a plot here")
+
+
 def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
-    """Register `leaflm bench` and its four sub-subcommands."""
+    """Register `leaflm bench` and its sub-subcommands."""
     bench = subparsers.add_parser("bench", help="benchmarks against HF Transformers and TGI")
     sub = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND")
 
@@ -112,6 +153,10 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gate", help="CI perf gate: tiny same-process run vs committed thresholds")
     p.add_argument("--thresholds", default=None, help="TOML file (default: the committed one)")
     p.set_defaults(func=_dispatch("gate"))
+
+    p = sub.add_parser("soak", help="soak a server: streams, disconnects, bad input; checks leaks")
+    _add_soak_args(p)
+    p.set_defaults(func=_dispatch("soak"))
 
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
 

@@ -21,7 +21,7 @@ THRESHOLDS_FILE = Path(__file__).with_name("gate_thresholds.toml")
 
 
 def load_thresholds(path: str | Path | None = None) -> dict[str, Any]:
-    """Read the gate config: `[model]`, `[workload]` and `[thresholds]` tables."""
+    """Read the gate config: `[model]`, `[workload]`, `[thresholds]` and optional `[engine]`."""
     path = Path(path) if path else THRESHOLDS_FILE
     if not path.is_file():
         raise ValueError(f"gate thresholds file {path} does not exist")
@@ -63,6 +63,6 @@ def measure(config: dict[str, Any], workdir: str | Path | None = None) -> dict[s
         results = run_throughput(
             requests, model_dir, ["leaflm", "hf-single", "hf-static"], device="cpu",
             subsets={"hf-single": wl["hf_single_requests"]}, batch_size=wl["batch_size"],
-            log=lambda _msg: None,
+            engine_kwargs=config.get("engine"), log=lambda _msg: None,
         )  # fmt: skip
     return speedups(results)

@@ -183,13 +183,18 @@ def create_app(model_dir: str, device: str = "cpu", dtype: str = "auto") -> Fast
     return app
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """`python -m leaflm.bench.naive_server` flags (infra/compose runs it; tests check them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="HF model directory")
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     import uvicorn
 
     app = create_app(args.model, args.device, args.dtype)

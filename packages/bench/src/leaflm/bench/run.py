@@ -202,3 +202,65 @@ def cmd_gate(args: argparse.Namespace) -> int:
     for failure in failures:
         print(f"gate FAILED: {failure}")
     return 1 if failures else 0
+
+
+def _soak_config(args: argparse.Namespace, url: str, pid: int | None) -> Any:
+    from leaflm.bench.soak import SoakConfig
+
+    return SoakConfig(
+        url=url, pid=pid, duration_s=args.duration, concurrency=args.concurrency,
+        max_requests=args.max_requests, request_timeout_s=args.request_timeout,
+        max_prompt_words=args.max_prompt_words, max_output_tokens=args.max_output_tokens,
+        disconnect_share=args.disconnect_share, invalid_share=args.invalid_share,
+        sample_interval_s=args.sample_interval, drain_timeout_s=args.drain_timeout,
+        max_rss_growth_mb=args.max_rss_growth_mb, seed=args.seed, api_key=args.api_key,
+    )  # fmt: skip
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    """Soak a given server (--url + --pid) or one started here; 0 only if every check held."""
+    from dataclasses import asdict
+
+    from leaflm.bench.soak import run_soak
+    from leaflm.bench.soak_check import evaluate, summary
+
+    if (args.url is None) != (args.pid is None):
+        raise ValueError("--url and --pid go together (the pid is needed to watch RSS)")
+    results: dict[str, Any] = {
+        "title": "leaflm soak",
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": _command(),
+        "machine": describe_machine(),
+        "notes": list(args.note),
+    }
+    if args.url is not None:
+        config = _soak_config(args, args.url, args.pid)
+        raw = run_soak(config)
+    else:
+        from leaflm.bench.servers import ManagedServer, free_port, server_command
+
+        model_dir = resolve_model_dir(args.model)
+        port = free_port()
+        cmd = server_command("leaflm", str(model_dir), port, _device(args.device), args.dtype)
+        cmd += shlex.split(args.server_args)
+        results["server_command"] = shlex.join(cmd)
+        with tempfile.TemporaryDirectory() as tmp:
+            log_path = Path(args.out or tmp) / "server.log"
+            print(f"[soak] starting: {results['server_command']}")
+            with ManagedServer("leaflm", cmd, port, log_path) as server:
+                assert server.process is not None
+                config = _soak_config(args, server.base_url, server.process.pid)
+                raw = run_soak(config)
+    checks = evaluate(raw, config.max_rss_growth_mb)
+    results.update(config=asdict(config), summary=summary(raw), checks=checks, raw=raw,
+                   passed=all(c["ok"] for c in checks))  # fmt: skip
+    for c in checks:
+        print(f"soak {'ok    ' if c['ok'] else 'FAILED'} {c['name']}: {c['detail']}")
+    print(
+        f"soak {'PASSED' if results['passed'] else 'FAILED'}: {results['summary']['requests']} requests"
+    )
+    if args.out:
+        from leaflm.bench.soak_report import write_soak_report
+
+        print(f"report: {write_soak_report(results, args.out)}")
+    return 0 if results["passed"] else 1

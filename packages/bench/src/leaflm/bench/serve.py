@@ -201,8 +201,11 @@ def run_serve(
     dtype: str = "auto",
     log: Callable[[str], None] = print,
     budget_s: float = math.inf,
+    kv_cache_memory: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[dict[str, Any]]]], list[str]]:
     """Sweep every target; returns metric rows, raw records per target/level, and problems.
+
+    `kv_cache_memory` sizes a managed leaflm server's KV cache (None: the engine's default).
 
     A target that cannot start is reported in `problems` and skipped, not fatal. After
     `budget_s` seconds no new level starts and running levels are cut short.
@@ -238,7 +241,7 @@ def run_serve(
                 t_rows, t_raw = sweep_target(spec, workload, levels, target, **common)
             else:
                 port = free_port()
-                cmd = server_command(spec.kind, model_dir, port, device, dtype)
+                cmd = server_command(spec.kind, model_dir, port, device, dtype, kv_cache_memory)
                 log_path = Path(log_dir) / f"server-{spec.name}.log"
                 log(f"[serve] starting {spec.name}: {' '.join(cmd)}")
                 with ManagedServer(spec.name, cmd, port, log_path) as server:

@@ -39,9 +39,18 @@ def _transformers_cli() -> list[str]:
 
 
 def server_command(
-    kind: str, model_dir: str, port: int, device: str = "cpu", dtype: str = "auto"
+    kind: str,
+    model_dir: str,
+    port: int,
+    device: str = "cpu",
+    dtype: str = "auto",
+    kv_cache_memory: str | None = None,
 ) -> list[str]:
-    """The command line that serves `model_dir` as `kind` on 127.0.0.1:`port`."""
+    """The command line that serves `model_dir` as `kind` on 127.0.0.1:`port`.
+
+    `kv_cache_memory` (leaflm only, e.g. "64MiB") sizes its CPU KV cache; None is the
+    engine's default, which the engine allocates and zeroes whole at start.
+    """
     dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
     if kind == "leaflm":
         # `python -m leaflm.gateway` is `leaflm serve` without needing entry-point metadata
@@ -56,6 +65,7 @@ def server_command(
             device,
             "--dtype",
             dtype_name,
+            *(["--kv-cache-memory", kv_cache_memory] if kv_cache_memory else []),
         ]
     if kind in ("hf-serve", "hf-serve-cb"):
         hf_dtype = dtype_name

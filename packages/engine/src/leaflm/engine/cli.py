@@ -1,7 +1,7 @@
 """The `leaflm` command.
 
 Subcommands come from the installed packages through the `leaflm.cli` entry-point group
-(engine: generate, chat; gateway: serve; bench: bench), the way `vllm serve` and
+(engine: generate, chat, cache; gateway: serve; bench: bench), the way `vllm serve` and
 `vllm bench` are split across one tool. Each entry point is a function that receives the
 argparse subparsers object and registers its command with `set_defaults(func=...)`.
 """
@@ -9,6 +9,7 @@ argparse subparsers object and registers its command with `set_defaults(func=...
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from importlib.metadata import entry_points
 
@@ -57,17 +58,61 @@ def add_chat_command(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_chat)
 
 
+def add_cache_command(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("cache", help="show or clear leaflm's cache of converted GGUF models")
+    p.add_argument(
+        "action",
+        choices=["info", "clear"],
+        help="info: where it is and what it holds; clear: delete it",
+    )
+    p.set_defaults(func=_run_cache)
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from leaflm.engine.gguf.cache import cache_entries, cache_root, clear_cache
+
+    if args.action == "clear":
+        freed = clear_cache()
+        print(f"cleared {cache_root()} ({freed / 2**20:.1f} MiB freed)")
+        return 0
+    entries = cache_entries()
+    total = sum(size for _, size, _ in entries)
+    print(
+        f"leaflm cache: {cache_root()} ({total / 2**20:.1f} MiB; set LEAFLM_CACHE_DIR to move it)"
+    )
+    for path, size, what in entries:
+        print(f"  {size / 2**20:9.1f} MiB  {path.name}  {what}")
+    return 0
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kv-cache-memory", default=None,
+        help="CPU KV cache size, e.g. 256MiB (default: the engine's, allocated whole at start)",
+    )  # fmt: skip
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
 
 
+def show_startup_progress() -> None:
+    """Print the engine's start-up phases on stderr (stdout keeps only the generated text)."""
+    log = logging.getLogger("leaflm")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("leaflm: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    log.info("importing torch and transformers")
+
+
 def _run_generate(args: argparse.Namespace) -> int:
+    show_startup_progress()
     from leaflm.engine import LLM, SamplingParams
 
-    llm = LLM(model=args.model)
+    llm = LLM(model=args.model, kv_cache_memory=args.kv_cache_memory)
     params = SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
@@ -77,9 +122,10 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _run_chat(args: argparse.Namespace) -> int:
+    show_startup_progress()
     from leaflm.engine import LLM, SamplingParams
 
-    llm = LLM(model=args.model)
+    llm = LLM(model=args.model, kv_cache_memory=args.kv_cache_memory)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": args.message})
     params = SamplingParams(

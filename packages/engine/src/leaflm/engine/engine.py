@@ -8,6 +8,7 @@ The engine is single-threaded; `AsyncLLM` drives it from one background thread.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from typing import Any
@@ -27,11 +28,13 @@ from leaflm.engine.sequence import Request, Sequence
 from leaflm.engine.structured_outputs import GrammarCache
 
 _SEED_MASK = (1 << 63) - 1
+logger = logging.getLogger(__name__)
 
 
 class LLMEngine:
     def __init__(self, args: EngineArgs) -> None:
         self.args = args
+        start = time.perf_counter()
         self.model_config, self.tokenizer, self.eos_token_ids = load_model_config(args)
         self.runner = ModelRunner(self.model_config)
         cache = size_kv_cache(args, self.model_config, self.runner)
@@ -56,6 +59,11 @@ class LLMEngine:
         self._next_seq_id = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        logger.info(
+            "ready in %.1f s: %s on %s, %s, max_model_len=%d",
+            time.perf_counter() - start, mc.served_name, mc.device, str(mc.dtype).replace("torch.", ""),
+            mc.max_model_len,
+        )  # fmt: skip
 
     # -- requests ----------------------------------------------------------------------------
     def tokenize(
@@ -119,14 +127,6 @@ class LLMEngine:
             raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        if params.num_sequences > self.args.max_num_seqs:
-            # Every candidate runs at once after the prompt; more than the batch can hold
-            # would never be scheduled (and forking them is unbounded work in one step).
-            name = "best_of" if params.best_of is not None else "n"
-            raise ValueError(
-                f"{name} must be <= max_num_seqs ({self.args.max_num_seqs}), "
-                f"got {params.num_sequences}"
-            )
         if params.logprobs is not None and params.logprobs > self.runner.vocab_size:
             raise ValueError(f"logprobs must be <= vocab size {self.runner.vocab_size}")
         text: str | None

@@ -1,12 +1,16 @@
 """Engine start-up: resolve the model directory, config and tokenizer; size the KV cache.
 
-On CPU the cache gets `kv_cache_memory` bytes (default: the smaller of 4 GiB and a quarter of
-available RAM). On CUDA a profiling forward over a full token budget measures peak memory,
-and the cache gets what `gpu_memory_utilization` leaves after it.
+On CPU the cache gets `kv_cache_memory` bytes; by default, what the configuration can use
+(`max_num_seqs` sequences of `max_model_len` tokens, in whole blocks), capped at the smaller
+of 4 GiB and a quarter of available RAM. Its pages become resident as blocks are first used
+(see `kv_cache`). On CUDA a profiling forward over a full token budget measures peak memory,
+and the cache gets what `gpu_memory_utilization` leaves after it. Either way one log line says
+how many blocks, tokens and GiB it got.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -17,12 +21,16 @@ from leaflm.engine.model_runner import ModelRunner
 from leaflm.engine.model_source import default_served_name, resolve_model_path
 from leaflm.engine.models.registry import load_hf_config
 
+logger = logging.getLogger(__name__)
+
 
 def load_model_config(args: EngineArgs) -> tuple[ModelConfig, Any, frozenset[int]]:
     """(ModelConfig, tokenizer, EOS token ids) for `args.model`."""
     from transformers import AutoTokenizer, GenerationConfig
 
+    logger.info("resolving model %s", args.model or "(the embedded default)")
     path = resolve_model_path(args.model)
+    logger.info("loading config and tokenizer from %s", path)
     hf_config = load_hf_config(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     device = args.resolve_device()
@@ -74,8 +82,18 @@ def size_kv_cache(args: EngineArgs, config: ModelConfig, runner: ModelRunner) ->
                 f"gpu_memory_utilization={args.gpu_memory_utilization} leaves no room for the "
                 f"KV cache after the model's {peak / 2**30:.2f} GiB peak"
             )
+        how = f"gpu_memory_utilization={args.gpu_memory_utilization}"
+    elif args.kv_cache_memory:
+        budget, how = args.kv_cache_memory, "kv_cache_memory"
     else:
-        budget = args.kv_cache_memory or default_cpu_kv_bytes()
+        need = args.max_num_seqs * -(-config.max_model_len // args.block_size) * per_block
+        cap = default_cpu_kv_bytes()
+        budget = min(need, cap)
+        how = (
+            f"max_num_seqs={args.max_num_seqs} x max_model_len={config.max_model_len}"
+            if need <= cap
+            else f"the CPU default cap min(4 GiB, RAM/4) = {cap / 2**30:.2f} GiB"
+        )
     num_blocks = budget // per_block
     if num_blocks < 1:
         raise ValueError(
@@ -90,4 +108,10 @@ def size_kv_cache(args: EngineArgs, config: ModelConfig, runner: ModelRunner) ->
             )
         config.max_model_len = capacity
     num_cpu_blocks = int(args.swap_space_gb * 2**30) // per_block
+    resident = " (resident as blocks are first used)" if config.device.type == "cpu" else ""
+    logger.info(
+        "KV cache: %d blocks x %d tokens = %d tokens, %.2f GiB on %s%s; sized by %s",
+        num_blocks, args.block_size, capacity, num_blocks * per_block / 2**30,
+        config.device.type, resident, how,
+    )  # fmt: skip
     return CacheConfig(args.block_size, num_blocks, num_cpu_blocks, args.enable_prefix_caching)

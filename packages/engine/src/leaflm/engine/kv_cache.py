@@ -3,10 +3,16 @@
 One tensor `[2, num_layers, num_blocks, block_size, num_kv_heads, head_dim]` holds every
 layer's keys and values, so a copy-on-write copy or a swap of a set of blocks is one indexed
 copy for all layers at once. The swap pool is the same shape in host memory.
+
+On CPU the cache is an anonymous private mapping that the kernel zero-fills page by page on
+first write: a process holds (RSS) only the blocks it has used so far, not the whole reserve,
+and the start-up does not spend seconds zeroing gigabytes it may never touch.
 """
 
 from __future__ import annotations
 
+import math
+import mmap
 import os
 
 import torch
@@ -37,7 +43,21 @@ def available_ram() -> int:
 
 
 def default_cpu_kv_bytes() -> int:
+    """The most a CPU cache takes unless told: min(4 GiB, a quarter of available RAM)."""
     return int(min(DEFAULT_CPU_KV_BYTES, DEFAULT_CPU_KV_FRACTION * available_ram()))
+
+
+def lazily_zeroed_cpu(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero CPU tensor whose pages become resident only when first written.
+
+    Linux/macOS: an anonymous private mapping (the kernel's zero pages); elsewhere torch.zeros.
+    """
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    flags = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
+    if nbytes == 0 or None in flags:
+        return torch.zeros(shape, dtype=dtype)
+    buf = mmap.mmap(-1, nbytes, flags=flags[0] | flags[1])  # type: ignore[operator]
+    return torch.frombuffer(buf, dtype=dtype).view(shape)  # the tensor keeps `buf` alive
 
 
 class KVCache:
@@ -55,10 +75,11 @@ class KVCache:
         num_cpu_blocks: int = 0,
     ) -> None:
         shape = (2, num_layers, num_blocks, block_size, num_kv_heads, head_dim)
-        self.data = torch.empty(shape, dtype=dtype, device=device)
-        if self.data.device.type == "cpu":
+        if torch.device(device).type == "cpu":
+            self.data = lazily_zeroed_cpu(shape, dtype)  # zeros: no NaN garbage in unused slots
             hugepages.advise_tensor(self.data)  # before the first touch: faults get 2 MiB pages
-        self.data.zero_()  # no NaN garbage in unused slots
+        else:
+            self.data = torch.zeros(shape, dtype=dtype, device=device)
         self.layers = [(self.data[0, i], self.data[1, i]) for i in range(num_layers)]
         self.cpu_data: torch.Tensor | None = None
         if num_cpu_blocks:

@@ -8,6 +8,9 @@ logits only at the rows the engine asks for (normally each sequence's last token
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import torch
 
@@ -18,7 +21,9 @@ from leaflm.engine.layers.linear import pack_for_cpu
 from leaflm.engine.loader import load_weights
 from leaflm.engine.models.registry import resolve_model_class
 from leaflm.engine.scheduler import SchedulerOutput
-from leaflm.kernels.cpu import malloc_tuning
+from leaflm.kernels.cpu import gemm, malloc_tuning
+
+logger = logging.getLogger(__name__)
 
 
 class ModelRunner:
@@ -33,10 +38,23 @@ class ModelRunner:
                 self.model = cls(model_config.hf_config)
         finally:
             torch.set_default_dtype(previous)
+        start = time.perf_counter()
+        dtype = str(model_config.dtype).replace("torch.", "")
+        logger.info("loading weights (%s) onto %s", dtype, self.device)
         load_weights(self.model, model_config.path)
         self.model.eval()
         if self.device.type == "cpu":
-            pack_for_cpu(self.model)
+            logger.info(
+                "weights loaded in %.1f s; packing them for the CPU GEMM",
+                time.perf_counter() - start,
+            )
+            start = time.perf_counter()
+            packed = pack_for_cpu(self.model)
+            logger.info(
+                "packed %d linear weights (%s) in %.1f s", packed, gemm.linear_backend(),
+                time.perf_counter() - start,
+            )  # fmt: skip
+            malloc_tuning.release_free_heap()  # the freed plain weights' holes
             malloc_tuning.retain_freed_memory()  # activations are re-allocated every layer
         self.kv: KVCache | None = None
         self.block_size = 16

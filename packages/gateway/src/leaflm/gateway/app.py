@@ -62,5 +62,5 @@ def create_app(engine: Any | None, settings: GatewaySettings | None = None) -> F
         )
     for module in (completions, chat, tgi, ops):
         app.include_router(module.router)
-    install_openapi(app, settings.api_key is not None, PUBLIC_PATHS)
+    install_openapi(app, gateway, PUBLIC_PATHS)
     return app

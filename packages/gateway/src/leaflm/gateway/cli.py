@@ -18,37 +18,91 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="HF model dir, .gguf file or known short name (default: the embedded model)",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
-    p.add_argument("--served-model-name", default=None, help="model id clients send")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    p.add_argument(
+        "--api-key", default=None,
+        help="require 'Authorization: Bearer KEY' (default: no key needed)",
+    )  # fmt: skip
+    p.add_argument(
+        "--served-model-name", default=None,
+        help="model id clients send (default: the model's title or file name)",
+    )  # fmt: skip
     p.add_argument(
         "--max-queue",
         type=int,
         default=None,
         help="most generation requests held at once; more get 429 (default: no limit)",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        help="log level of leaflm and uvicorn (default: %(default)s)",
+    )  # fmt: skip
     _add_limit_arguments(p)
     e = p.add_argument_group("engine")
-    e.add_argument("--dtype", default="auto")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--block-size", type=int, default=16)
-    e.add_argument("--kv-cache-memory", default=None, help='bytes or e.g. "512MiB"')
-    e.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    e.add_argument("--max-num-seqs", type=int, default=256)
-    e.add_argument("--max-num-batched-tokens", type=int, default=None)
-    e.add_argument("--max-model-len", type=int, default=None)
-    e.add_argument("--tensor-parallel-size", type=int, default=1)
+    e.add_argument(
+        "--dtype", default="auto",
+        help="float32, float16 or bfloat16 (default: auto = float32 on CPU; on CUDA the "
+        "model's float16/bfloat16, else bfloat16)",
+    )  # fmt: skip
+    e.add_argument(
+        "--device", default="auto",
+        help="cpu, cuda or cuda:N (default: auto = cuda when available, else cpu)",
+    )  # fmt: skip
+    e.add_argument(
+        "--block-size", type=int, default=16,
+        help="tokens per KV-cache block, a power of two up to 128 (default: %(default)s)",
+    )  # fmt: skip
+    e.add_argument(
+        "--kv-cache-memory", default=None,
+        help='CPU KV-cache size, bytes or e.g. "512MiB" (default: what max-num-seqs x '
+        "max-model-len tokens need, at most min(4 GiB, RAM/4)); on CUDA see "
+        "--gpu-memory-utilization",
+    )  # fmt: skip
+    e.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.9,
+        help="share of GPU memory for weights, activations and the KV cache (default: "
+        "%(default)s)",
+    )  # fmt: skip
+    e.add_argument(
+        "--max-num-seqs", type=int, default=256,
+        help="most sequences running at once (default: %(default)s)",
+    )  # fmt: skip
+    e.add_argument(
+        "--max-num-batched-tokens", type=int, default=None,
+        help="most tokens one step runs, prefill chunks included (default: 2048 on CPU, 8192 "
+        "on CUDA)",
+    )  # fmt: skip
+    e.add_argument(
+        "--max-model-len", type=int, default=None,
+        help="longest prompt plus output, in tokens (default: the model's "
+        "max_position_embeddings, or what the KV cache holds if less)",
+    )  # fmt: skip
+    e.add_argument(
+        "--tensor-parallel-size", type=int, default=1,
+        help="GPUs to shard the model over; only 1 in this build (default: %(default)s)",
+    )  # fmt: skip
     caching = e.add_mutually_exclusive_group()
     caching.add_argument(
-        "--enable-prefix-caching", dest="enable_prefix_caching", action="store_true", default=True
-    )
+        "--enable-prefix-caching", dest="enable_prefix_caching", action="store_true",
+        default=True, help="reuse the KV blocks of prompt prefixes seen before (default: on)",
+    )  # fmt: skip
     caching.add_argument(
-        "--disable-prefix-caching", dest="enable_prefix_caching", action="store_false"
-    )
-    e.add_argument("--swap-space", type=float, default=0.0, help="GiB of CPU swap for KV blocks")
-    e.add_argument("--seed", type=int, default=0)
+        "--disable-prefix-caching", dest="enable_prefix_caching", action="store_false",
+        help="turn prefix caching off (default: caching on)",
+    )  # fmt: skip
+    e.add_argument(
+        "--swap-space", type=float, default=0.0,
+        help="GiB of host memory that preempted sequences' KV blocks are swapped to (default: "
+        "%(default)s = recompute them instead)",
+    )  # fmt: skip
+    e.add_argument(
+        "--seed", type=int, default=0,
+        help="seed for requests that send none (default: %(default)s)",
+    )  # fmt: skip
 
 
 def _json_list(text: str) -> list[str]:
@@ -69,38 +123,39 @@ def _add_limit_arguments(p: argparse.ArgumentParser) -> None:
         "--max-n",
         type=int,
         default=d.max_n,
-        help="most completions (n, best_of) per request; --max-num-seqs caps it too",
+        help="most completions (n, best_of) per request; --max-num-seqs caps it too "
+        "(default: %(default)s)",
     )
     g.add_argument(
         "--max-stop-sequences",
         type=int,
         default=d.max_stop_sequences,
-        help="most stop strings per request",
+        help="most stop strings per request (default: %(default)s)",
     )
     g.add_argument(
         "--max-request-body-bytes",
         type=int,
         default=d.max_request_body_bytes,
-        help="larger request bodies get 413",
+        help="larger request bodies get 413 (default: %(default)s)",
     )
     g.add_argument(
         "--shutdown-timeout",
         type=float,
         default=d.shutdown_timeout_s,
         help="seconds in-flight requests may finish after SIGTERM before they are "
-        "aborted with a final error event",
+        "aborted with a final error event (default: %(default)s)",
     )
     g.add_argument(
         "--timeout-keep-alive",
         type=float,
         default=d.timeout_keep_alive_s,
-        help="seconds an idle keep-alive connection stays open",
+        help="seconds an idle keep-alive connection stays open (default: %(default)s)",
     )
     g.add_argument(
         "--timeout-request-header",
         type=float,
         default=d.timeout_request_header_s,
-        help="seconds a connection has to send each request head",
+        help="seconds a connection has to send each request head (default: %(default)s)",
     )
     g.add_argument(
         "--limit-concurrency",
@@ -118,20 +173,22 @@ def _add_limit_arguments(p: argparse.ArgumentParser) -> None:
         "--allowed-methods",
         type=_json_list,
         default=d.allowed_methods,
-        help="CORS methods as a JSON list",
+        help="CORS methods as a JSON list (default: %(default)s)",
     )
     g.add_argument(
         "--allowed-headers",
         type=_json_list,
         default=d.allowed_headers,
-        help="CORS headers as a JSON list",
+        help="CORS headers as a JSON list (default: %(default)s)",
     )
-    g.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
+    g.add_argument(
+        "--allow-credentials", action="store_true", help="CORS: allow credentials (default: off)"
+    )
     p.add_argument(
         "--tool-call-parser",
         default=d.tool_call_parser,
         choices=["hermes", "json"],
-        help='how tool_choice="auto" answers are parsed for tool calls',
+        help='how tool_choice="auto" answers are parsed for tool calls (default: %(default)s)',
     )
 
 
@@ -185,11 +242,19 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from leaflm.gateway.port_check import address_problem
+
+    problem = address_problem(args.host, args.port)  # before minutes of model loading
+    if problem:
+        print(f"leaflm serve: {problem}", file=sys.stderr)
+        return 2
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("leaflm").info("importing torch, transformers and the server")
     from leaflm.engine import AsyncLLM
     from leaflm.gateway.app import create_app
     from leaflm.gateway.http_server import build_server
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = gateway_settings(args)
         engine = AsyncLLM(model=args.model, **engine_kwargs(args))

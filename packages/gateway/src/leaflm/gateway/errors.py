@@ -15,9 +15,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from leaflm.gateway.validation_messages import best_errors, field_path, sentence
+
 logger = logging.getLogger("leaflm.gateway")
 
 TGI_PATHS = ("/", "/generate", "/generate_stream")
+
+UNSUPPORTED = frozenset(
+    {"functions", "function_call", "suffix", "typical_p", "adapter_id", "watermark"}
+)  # fmt: skip
+"""Parameters leaflm knows and does not implement (typed `null` in the request schemas):
+setting one is a 400 (TGI: 422) that names it, never a silently ignored field."""
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -111,16 +119,15 @@ def describe_validation(exc: RequestValidationError) -> APIError:
         loc = first.get("loc", ())
         where = f" at position {loc[1]}" if len(loc) > 1 else ""
         return bad_request(f"Malformed JSON body{where}: {detail}")
-    parts = []
-    for err in errors[:3]:
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        field = ".".join(loc) or "body"
-        parts.append(f"{field}: {err.get('msg', 'invalid value')}")
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = loc[0] if loc else None
+    chosen = best_errors(errors)
+    path = field_path(chosen[0])
+    param = path[0] if path else None
+    if path and path[-1] in UNSUPPORTED:  # documented as null: say why, not "should be None"
+        return bad_request(f"{path[-1]} is not supported by leaflm", param=path[-1])
+    message = "; ".join(sentence(e) for e in chosen[:3])
     if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
-        return bad_request("Request body must be a JSON object: " + "; ".join(parts))
-    return bad_request("; ".join(parts), param=param)
+        return bad_request("Request body must be a JSON object: " + message)
+    return bad_request(message, param=param)
 
 
 def install_handlers(app: FastAPI) -> None:

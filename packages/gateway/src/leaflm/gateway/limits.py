@@ -7,8 +7,6 @@ loop for 47 s before its context-length 400. Every refusal names the field and t
 
 from __future__ import annotations
 
-from typing import Any
-
 from leaflm.gateway.errors import APIError, bad_request
 from leaflm.gateway.state import Gateway
 
@@ -70,10 +68,3 @@ def check_prompt_size(gw: Gateway, text: str, param: str = "prompt") -> None:
             param=param,
             code="context_length_exceeded",
         )
-
-
-def reject_unsupported(body: Any, fields: tuple[str, ...]) -> None:
-    """400 naming the first known-but-unimplemented parameter the request sets."""
-    for name in fields:
-        if getattr(body, name, None) is not None:
-            raise bad_request(f"{name} is not supported by leaflm", param=name)

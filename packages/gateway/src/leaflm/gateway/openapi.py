@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from leaflm.gateway.errors import is_tgi_path
 from leaflm.gateway.schemas.openai import ErrorResponse as OpenAIError
 from leaflm.gateway.schemas.tgi import ErrorResponse as TGIError
+from leaflm.gateway.state import Gateway
 
 _OPENAI_ERRORS = {
     400: "Invalid request: a field's type or value, a limit, or the context length",
@@ -36,8 +37,13 @@ _TGI_ERRORS = {
     503: "Engine not ready or shutting down",
 }
 _SSE = {
-    "schema": {"type": "string"},
-    "example": 'data: {"id": "...", "choices": [...]}\n\ndata: [DONE]\n\n',
+    "schema": {
+        "type": "object",
+        "description": "One server-sent event: `data: <JSON object>` (the 200 schema), or "
+        "`data: [DONE]` at the end of an OpenAI stream",
+        "required": ["data"],
+        "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    },
 }
 
 
@@ -68,13 +74,48 @@ def ops_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": OpenAIError, "description": _OPENAI_ERRORS[code]} for code in codes}
 
 
-def install_openapi(app: FastAPI, api_key_required: bool, public_paths: frozenset[str]) -> None:
-    """Post-process FastAPI's document: no stray 422s on OpenAI routes, the API key scheme."""
+def _limit_strings(prop: dict[str, Any], max_items: int, max_length: int) -> None:
+    """Bound every string (maxLength) and array (maxItems) inside a stop-like property."""
+    for option in prop.get("anyOf", [prop]):
+        if option.get("type") == "string":
+            option["maxLength"] = max_length
+        if option.get("type") == "array":
+            option["maxItems"] = max_items
+            option.setdefault("items", {})["maxLength"] = max_length
+
+
+def _apply_limits(doc: dict[str, Any], gw: Gateway) -> None:
+    """Write this server's limits (flags, engine batch) into the request schemas."""
+    schemas = doc.get("components", {}).get("schemas", {})
+    settings = gw.settings
+    for name in ("CompletionRequest", "ChatCompletionRequest"):
+        props = schemas.get(name, {}).get("properties", {})
+        for field in ("n", "best_of"):
+            for option in props.get(field, {}).get("anyOf", [props.get(field, {})]):
+                if option.get("type") == "integer":
+                    option["maximum"] = gw.max_n
+        if "stop" in props:
+            _limit_strings(props["stop"], settings.max_stop_sequences, settings.max_stop_length)
+        for option in props.get("prompt", {}).get("anyOf", []):
+            if option.get("type") == "array":
+                items = option.get("items", {})
+                if items.get("type") in ("string", "array"):  # a list of prompts
+                    option["maxItems"] = settings.max_prompts
+    tgi = schemas.get("GenerateParameters", {}).get("properties", {})
+    if "stop" in tgi:
+        _limit_strings(tgi["stop"], settings.max_stop_sequences, settings.max_stop_length)
+
+
+def install_openapi(app: FastAPI, gw: Gateway, public_paths: frozenset[str]) -> None:
+    """Post-process FastAPI's document: this server's limits, no stray 422s on OpenAI
+    routes, the API key scheme when one is required."""
+    api_key_required = gw.settings.api_key is not None
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        _apply_limits(doc, gw)
         for path, item in doc.get("paths", {}).items():
             for operation in item.values():
                 responses = operation.get("responses", {})

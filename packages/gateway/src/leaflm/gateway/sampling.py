@@ -15,10 +15,8 @@ from leaflm.gateway.limits import (
     check_logprobs,
     check_n,
     check_stop,
-    reject_unsupported,
 )
 from leaflm.gateway.schemas.openai import (
-    UNSUPPORTED_FIELDS,
     ChatCompletionRequest,
     CompletionRequest,
     SamplingExtras,
@@ -87,7 +85,6 @@ def check_max_tokens(
 
 def validate_openai(gw: Gateway, req: SamplingExtras) -> None:
     """The checks that need no tokenizer: run them before any work is done."""
-    reject_unsupported(req, UNSUPPORTED_FIELDS)
     check_n(gw, req.n, req.best_of)
     check_stop(gw, req.stop)
     check_logprobs(req.prompt_logprobs, "prompt_logprobs")
@@ -95,10 +92,6 @@ def validate_openai(gw: Gateway, req: SamplingExtras) -> None:
         raise bad_request("best_of > n is not supported when streaming", param="best_of")
     if isinstance(req, CompletionRequest):
         check_logprobs(req.logprobs, "logprobs")
-        if req.suffix:
-            raise bad_request("suffix is not supported", param="suffix")
-        if req.max_tokens == 0 and not req.echo:
-            raise bad_request("max_tokens must be >= 1 (or 0 with echo=true)", param="max_tokens")
     if isinstance(req, ChatCompletionRequest):
         check_logprobs(req.top_logprobs, "top_logprobs")
         if req.top_logprobs and not req.logprobs:
@@ -124,7 +117,7 @@ def _common(req: SamplingExtras) -> dict[str, Any]:
     optional = {
         "temperature": req.temperature,
         "top_p": req.top_p,
-        "top_k": req.top_k,
+        "top_k": -1 if req.top_k == 0 else req.top_k,  # vLLM: 0 also means no top-k
         "min_p": req.min_p,
         "repetition_penalty": req.repetition_penalty,
     }
@@ -163,11 +156,6 @@ def chat_params(req: ChatCompletionRequest, max_tokens: int) -> Any:
 
 def validate_tgi(gw: Gateway, p: GenerateParameters) -> None:
     """TGI's limits, as /info advertises them (max_best_of, max_stop_sequences)."""
-    for name in ("adapter_id",):
-        if getattr(p, name) is not None:
-            raise bad_request(f"{name} is not supported by leaflm", param=name)
-    if p.watermark:
-        raise bad_request("watermark is not supported by leaflm", param="watermark")
     if p.best_of is not None and not 1 <= p.best_of <= TGI_MAX_BEST_OF:
         raise bad_request(
             f"best_of must be in [1, {TGI_MAX_BEST_OF}], got {p.best_of}", param="best_of"
@@ -197,8 +185,6 @@ def tgi_params(p: GenerateParameters, max_new_tokens: int, seed: int | None) -> 
         raise bad_request(f"top_p must be in (0, 1], got {p.top_p}", param="top_p")
     if p.top_k is not None and p.top_k <= 0:
         raise bad_request(f"top_k must be strictly positive, got {p.top_k}", param="top_k")
-    if p.typical_p is not None and p.typical_p < 1.0:
-        raise bad_request("typical_p is not supported by leaflm", param="typical_p")
     check_logprobs(p.top_n_tokens, "top_n_tokens")
     sampling = p.do_sample or any(v is not None for v in (p.temperature, p.top_k, p.top_p))
     kwargs: dict[str, Any] = {

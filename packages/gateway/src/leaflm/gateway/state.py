@@ -63,6 +63,8 @@ class Gateway:
     async def abort_in_flight(self, reason: str) -> None:
         """Abort every running request; their streams end with `reason` as an error."""
         self.stop_reason = reason
+        if self.engine is None:
+            return
         for request_id in list(self.in_flight_ids):
             await self.engine.abort(request_id)
 

@@ -9,6 +9,7 @@ shard, so at most one shard's worth of float32 weights is in memory.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -20,8 +21,10 @@ from leaflm.engine.gguf.config import build_config
 from leaflm.engine.gguf.file import GGUFError, GGUFFile
 from leaflm.engine.gguf.tensors import iter_hf_tensors
 from leaflm.engine.gguf.tokenizer import write_tokenizer
+from leaflm.kernels.cpu import malloc_tuning
 
 MAX_SHARD_BYTES = 2 * 1024**3
+logger = logging.getLogger(__name__)
 
 __all__ = ["GGUFError", "convert_gguf", "gguf_cache_dir"]
 
@@ -40,6 +43,7 @@ def convert_gguf(gguf_path: str | Path, *, progress: bool = True) -> Path:
     if (target / "config.json").is_file():
         return target
     staging = staging_dir(target)
+    logger.info("converting %s to float32 into %s (once; later starts reuse it)", path.name, target)
     try:
         start = time.perf_counter()
         _convert_into(path, staging, progress=progress)
@@ -52,6 +56,8 @@ def convert_gguf(gguf_path: str | Path, *, progress: bool = True) -> Path:
                 "convert_seconds": round(time.perf_counter() - start, 3),
             },
         )
+        logger.info("converted in %.1f s", time.perf_counter() - start)
+        malloc_tuning.release_free_heap()  # the dequantized tensors' memory, now on disk
         return publish(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

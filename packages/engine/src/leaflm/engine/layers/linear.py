@@ -39,8 +39,10 @@ class PackableLinear(nn.Module):
 
     def pack_cpu_weight(self) -> bool:
         """Swap in the packed weight (float32 CPU only); the plain one is freed."""
+        if self.packed is not None:
+            return False
         w = self.plain_weight()
-        if self.packed is not None or w.device.type != "cpu" or w.dtype != torch.float32:
+        if w.device.type != "cpu" or w.dtype != torch.float32:
             return False
         self.packed = self.pack(w)
         self.drop_plain_weight()

@@ -58,7 +58,7 @@ class Sampler:
         ids = kernels.sample(
             logits,
             torch.tensor([p.temperature for p in params], dtype=torch.float32, device=dev),
-            torch.tensor([p.top_k for p in params], dtype=torch.int32, device=dev),
+            torch.tensor([self._top_k(p.top_k) for p in params], dtype=torch.int32, device=dev),
             torch.tensor([p.top_p for p in params], dtype=torch.float32, device=dev),
             torch.tensor([p.min_p for p in params], dtype=torch.float32, device=dev),
             torch.tensor([s.seed for s in seqs], dtype=torch.int64, device=dev),
@@ -71,6 +71,10 @@ class Sampler:
             out.logprobs, out.ranks = lp.tolist(), rank.tolist()
             out.top_ids, out.top_logprobs = top_ids.tolist(), top_lp.tolist()
         return out
+
+    def _top_k(self, top_k: int) -> int:
+        """A top-k of the whole vocabulary or more is no top-k (and must fit an int32)."""
+        return -1 if top_k >= self.vocab_size else top_k
 
     def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         rows, vocab = len(seqs), self.vocab_size

@@ -30,10 +30,14 @@ class Once:
 
 async def first_or_400(outputs: AsyncIterator[T]) -> AsyncIterator[T]:
     """Prime a stream so engine ValueErrors become 400s before any header is sent."""
+    from leaflm.gateway.generation import RequestAborted
+
     try:
         _, rest = await prime(outputs)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
+    except RequestAborted as exc:  # aborted while queued (e.g. shutdown): nothing was sent
+        raise APIError(503, str(exc), retry_after=1) from exc
     except StopAsyncIteration as exc:
         raise APIError(500, "The engine produced no output.") from exc
     return rest

@@ -81,7 +81,8 @@ def _logprobs_for(
 
 
 def _drop_generated(results: list[PromptResult]) -> None:
-    """echo with max_tokens 0: the prompt is scored by one engine step; its token is dropped."""
+    """max_tokens 0: the prompt is scored by one engine step (for echo and logprobs, as
+    lm-eval and vLLM clients ask it); that step's token is dropped."""
     for r in results:
         for c in r.completions.values():
             c.text, c.token_ids, c.finish_reason = "", [], "length"
@@ -191,14 +192,16 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     async def respond(gw: Gateway) -> Any:
         validate_openai(gw, body)
         if body.stream and body.max_tokens == 0:
-            raise bad_request("max_tokens=0 (echo only) cannot be streamed", param="max_tokens")
+            raise bad_request(
+                "max_tokens=0 (prompt scoring) cannot be streamed", param="max_tokens"
+            )
         prompts = await run_in_threadpool(_tokenize_all, gw, _split_prompts(gw, body.prompt))
         prompts = truncate_prompts(gw, prompts, body.truncate_prompt_tokens)
         params = [
             completion_params(
                 body,
                 check_max_tokens(
-                    body.max_tokens, len(p.token_ids), gw.max_model_len, allow_zero=body.echo
+                    body.max_tokens, len(p.token_ids), gw.max_model_len, allow_zero=True
                 ),
             )
             for p in prompts

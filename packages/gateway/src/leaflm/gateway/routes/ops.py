@@ -113,7 +113,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict:
     gw = gateway_of(request)
     gw.admission.check_ready()
     gw.check_model(body.model)
-    if (body.prompt is None) == (body.messages is None):
+    if len({"prompt", "messages"} & body.model_fields_set) != 1:
         raise bad_request("send exactly one of prompt or messages")
     ids = await run_in_threadpool(_token_ids, gw, body)
     return {"tokens": ids, "count": len(ids), "max_model_len": gw.max_model_len}

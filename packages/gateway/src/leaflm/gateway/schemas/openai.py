@@ -9,79 +9,85 @@ reported as 400s. Response models document what each route returns.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from leaflm.gateway.schemas.types import Number, StrictBool, StrictInt, StrictStr, TokenId
+from leaflm.gateway.schemas.types import (
+    Int,
+    NonEmptyStr,
+    Num,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TokenId,
+    Unsupported,
+)
 
 
 class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-UNSUPPORTED_FIELDS = ("functions", "function_call")
-"""OpenAI / vLLM parameters leaflm does not implement (the legacy function-calling fields;
-`tools` replaces them): set to anything but null they are a 400 naming them, never silently
-ignored."""
-
-
 class SamplingExtras(BaseModel):
     """Fields shared by completions and chat requests."""
 
     model: StrictStr | None = None
-    n: StrictInt = 1
-    best_of: StrictInt | None = None
-    temperature: Number | None = None
-    top_p: Number | None = None
-    stop: StrictStr | list[StrictStr] | None = None
+    n: Int(ge=1) = 1  # type: ignore[valid-type]
+    best_of: Int(ge=1) | None = None  # type: ignore[valid-type]
+    temperature: Num(ge=0) | None = None  # type: ignore[valid-type]
+    top_p: Num(gt=0, le=1) | None = None  # type: ignore[valid-type]
+    stop: NonEmptyStr | list[NonEmptyStr] | None = None
     seed: StrictInt | None = None
-    presence_penalty: Number = 0.0
-    frequency_penalty: Number = 0.0
+    presence_penalty: Num(ge=-2, le=2) = 0.0  # type: ignore[valid-type]
+    frequency_penalty: Num(ge=-2, le=2) = 0.0  # type: ignore[valid-type]
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None
     # vLLM extras
-    top_k: StrictInt | None = None
-    min_p: Number | None = None
-    repetition_penalty: Number | None = None
+    top_k: Int(ge=-1) | None = None  # type: ignore[valid-type]  # 0 and -1: no top-k
+    min_p: Num(ge=0, le=1) | None = None  # type: ignore[valid-type]
+    repetition_penalty: Num(gt=0) | None = None  # type: ignore[valid-type]
     ignore_eos: StrictBool = False
-    min_tokens: StrictInt = 0
+    min_tokens: Int(ge=0) = 0  # type: ignore[valid-type]
     stop_token_ids: list[TokenId] | None = None
     skip_special_tokens: StrictBool = True
     include_stop_str_in_output: StrictBool = False
-    prompt_logprobs: StrictInt | None = None
+    prompt_logprobs: Int(ge=0, le=20) | None = None  # type: ignore[valid-type]
     return_tokens_as_token_ids: StrictBool = False  # logprob tokens as "token_id:<id>" (vLLM)
-    # Logit controls and structured outputs (gateway/structured.py), beam search (vLLM).
-    logit_bias: dict[str, Any] | None = None
-    allowed_token_ids: list[TokenId] | None = None
-    bad_words: list[StrictStr] | None = None
-    truncate_prompt_tokens: StrictInt | None = None
-    response_format: dict[str, Any] | None = None
-    structured_outputs: dict[str, Any] | None = None
-    guided_json: StrictStr | dict[str, Any] | None = None
-    guided_regex: StrictStr | None = None
-    guided_choice: list[StrictStr] | None = None
-    guided_grammar: StrictStr | None = None
-    use_beam_search: StrictBool = False
-    length_penalty: Number = 1.0
-    # Known but not implemented: a 400 when set (see UNSUPPORTED_FIELDS).
-    functions: list[Any] | None = None
-    function_call: Any | None = None
+    # Known but not implemented: typed null, a 400 naming them when set (errors.UNSUPPORTED).
+    logit_bias: Unsupported = None
+    response_format: Unsupported = None
+    tools: Unsupported = None
+    tool_choice: Unsupported = None
+    functions: Unsupported = None
+    function_call: Unsupported = None
+    parallel_tool_calls: Unsupported = None
+    use_beam_search: Unsupported = None
+    structured_outputs: Unsupported = None
+    guided_json: Unsupported = None
+    guided_regex: Unsupported = None
+    guided_choice: Unsupported = None
+    guided_grammar: Unsupported = None
 
 
 class CompletionRequest(SamplingExtras):
-    prompt: StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
-    max_tokens: StrictInt | None = 16
-    logprobs: StrictInt | None = None
+    prompt: (
+        NonEmptyStr
+        | Annotated[list[NonEmptyStr], Field(min_length=1)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
+    )
+    max_tokens: Int(ge=0) | None = 16  # type: ignore[valid-type]  # 0: score only
+    logprobs: Int(ge=0, le=20) | None = None  # type: ignore[valid-type]
     echo: StrictBool = False
-    suffix: StrictStr | None = None
+    suffix: Unsupported = None
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
-    type: StrictStr
-    text: StrictStr | None = None
+    type: Literal["text"]
+    text: StrictStr
 
 
 class ChatMessage(BaseModel):
@@ -92,15 +98,15 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(SamplingExtras):
-    messages: list[ChatMessage]
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
     # Tool calling (gateway/tools.py).
     tools: list[dict[str, Any]] | None = None
     tool_choice: StrictStr | dict[str, Any] | None = None
     parallel_tool_calls: StrictBool | None = None
-    max_tokens: StrictInt | None = None
-    max_completion_tokens: StrictInt | None = None
+    max_tokens: Int(ge=1) | None = None  # type: ignore[valid-type]
+    max_completion_tokens: Int(ge=1) | None = None  # type: ignore[valid-type]
     logprobs: StrictBool = False
-    top_logprobs: StrictInt | None = None
+    top_logprobs: Int(ge=0, le=20) | None = None  # type: ignore[valid-type]
     add_generation_prompt: StrictBool = True
 
 

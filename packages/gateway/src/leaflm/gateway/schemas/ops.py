@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from leaflm.gateway.schemas.openai import ChatMessage
 from leaflm.gateway.schemas.types import StrictBool, StrictStr, TokenId
 
 
 class TokenizeRequest(BaseModel):
+    """Exactly one of `prompt` and `messages` (vLLM's two forms)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}
+    )
     model: StrictStr | None = None
-    prompt: StrictStr | None = None
-    messages: list[ChatMessage] | None = None
+    prompt: StrictStr = None  # type: ignore[assignment]  # absent, never null
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] = None  # type: ignore[assignment]
     add_special_tokens: StrictBool = True
     add_generation_prompt: StrictBool = True
 

@@ -10,35 +10,35 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from leaflm.gateway.schemas.types import Number, StrictBool, StrictInt, StrictStr
+from leaflm.gateway.schemas.types import Int, NonEmptyStr, Num, StrictBool, StrictInt, Unsupported
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 
 class GenerateParameters(BaseModel):
-    best_of: StrictInt | None = None
+    best_of: Int(ge=1, le=8) | None = None  # type: ignore[valid-type]
     decoder_input_details: StrictBool = False
     details: StrictBool = False
     do_sample: StrictBool = False
-    frequency_penalty: Number | None = None
-    max_new_tokens: StrictInt | None = None
-    repetition_penalty: Number | None = None
+    frequency_penalty: Num(ge=-2, le=2) | None = None  # type: ignore[valid-type]
+    max_new_tokens: Int(ge=1) | None = None  # type: ignore[valid-type]
+    repetition_penalty: Num(gt=0) | None = None  # type: ignore[valid-type]
     return_full_text: StrictBool | None = None
     seed: StrictInt | None = None
-    stop: list[StrictStr] | None = None
-    temperature: Number | None = None
-    top_k: StrictInt | None = None
-    top_n_tokens: StrictInt | None = None
-    top_p: Number | None = None
-    truncate: StrictInt | None = None
-    typical_p: Number | None = None
-    watermark: StrictBool = False
+    stop: list[NonEmptyStr] | None = None
+    temperature: Num(gt=0) | None = None  # type: ignore[valid-type]
+    top_k: Int(gt=0) | None = None  # type: ignore[valid-type]
+    top_n_tokens: Int(ge=0, le=20) | None = None  # type: ignore[valid-type]
+    top_p: Num(gt=0, le=1) | None = None  # type: ignore[valid-type]
+    truncate: Int(ge=0) | None = None  # type: ignore[valid-type]
+    typical_p: Unsupported = None
+    watermark: Literal[False] = False  # not implemented: true is a 422
     grammar: dict[str, Any] | None = None  # {"type": "json" | "regex", "value": ...}
-    adapter_id: StrictStr | None = None  # LoRA adapters: not implemented, a 422 when set
+    adapter_id: Unsupported = None  # LoRA adapters
 
 
 class GenerateRequest(BaseModel):
-    inputs: StrictStr
+    inputs: NonEmptyStr
     parameters: GenerateParameters | None = None
     stream: StrictBool = False
 

@@ -102,6 +102,18 @@ def pack_gated_weight(weight: torch.Tensor) -> PackedWeight | None:
     return PackedWeight(data, rows // 2, in_features, width, gated=True)
 
 
+def packed_rows(packed: PackedWeight, rows: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` of the original ``[out, in]`` weight, read back from leaflm's panels.
+
+    Lets a tied embedding look tokens up in its LM head's packed copy instead of keeping a
+    second, plain copy of the table (SmolLM2-135M: 113 MB).
+    """
+    if not packed.panel_width or packed.gated:
+        raise ValueError("only a plain leaflm-packed weight has addressable rows")
+    width = packed.panel_width
+    return packed.data[rows // width, :, rows % width]
+
+
 def _panels(weight: torch.Tensor, rows: int) -> torch.Tensor:
     """``[out, in]`` as ``[panels, rows, in]``, zero rows added to fill the last panel."""
     out_features, in_features = weight.shape

@@ -44,3 +44,22 @@ def _caller_tuned_malloc() -> bool:
     if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return True
     return "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
+
+
+def release_free_heap() -> bool:
+    """Hand the heap's free pages back to the kernel now (glibc ``malloc_trim(0)``).
+
+    For once-off churn such as packing weights: each plain weight is freed after its packed
+    copy is made, which leaves holes all over the heap that the trim threshold never returns
+    (SmolLM2-135M: ~150 MB of RSS held for nothing). False where there is no glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True

@@ -1,0 +1,56 @@
+"""CPU KV-cache sizing: what the configuration can use, capped; resident only once used."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from leaflm.engine import LLM, SamplingParams
+from leaflm.engine.kv_cache import KVCache, bytes_per_block, default_cpu_kv_bytes
+
+
+def _rss_anon() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+def test_cpu_cache_holds_max_num_seqs_times_max_model_len(llama_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="leaflm.engine"):
+        llm = LLM(str(llama_dir), max_num_seqs=3, max_model_len=40, block_size=16)
+    # 40 tokens need 3 blocks of 16; three such sequences need 9.
+    assert llm.llm_engine.cache_config.num_blocks == 9
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("KV cache"))
+    assert "9 blocks x 16 tokens = 144 tokens" in line, line
+    assert "max_num_seqs=3 x max_model_len=40" in line, line
+    # Three full-length sequences at once fit without preemption.
+    outs = llm.generate(
+        [[5, 6, 7]] * 3, SamplingParams(max_tokens=37, ignore_eos=True), use_tqdm=False
+    )
+    assert [len(o.outputs[0].token_ids) for o in outs] == [37, 37, 37]
+    assert llm.llm_engine.block_manager.all_free()
+
+
+def test_default_cpu_cache_is_capped_and_explicit_memory_wins(llama_dir):
+    llm = LLM(str(llama_dir))  # 256 x 512 tokens of a tiny model: well under the cap
+    engine = llm.llm_engine
+    layers, heads, dim = engine.runner.kv_shape()
+    per_block = bytes_per_block(layers, 16, heads, dim, torch.float32)
+    need = 256 * (512 // 16)
+    assert engine.cache_config.num_blocks == min(need, default_cpu_kv_bytes() // per_block)
+    small = LLM(str(llama_dir), kv_cache_memory=20 * per_block)
+    assert small.llm_engine.cache_config.num_blocks == 20
+
+
+def test_cpu_cache_pages_are_resident_only_once_written():
+    before = _rss_anon()
+    kv = KVCache(2, 4096, 16, 4, 64, torch.float32, torch.device("cpu"))  # 256 MiB
+    assert kv.data.untyped_storage().nbytes() == 256 * 2**20
+    grown = _rss_anon() - before
+    assert grown < 32 * 2**20, f"a fresh 256 MiB cache made {grown / 2**20:.0f} MiB resident"
+    assert not kv.data[:, :, ::97].any()  # reads as zeros everywhere
+    kv.layers[1][0][7].fill_(1.0)
+    assert kv.data.sum().item() == 16 * 4 * 64

@@ -117,6 +117,8 @@ def test_tgi_grammar(server):
         ({"response_format": {"type": "json_schema", "json_schema": {"schema": 3}}}, "response_format"),
         ({"allowed_token_ids": []}, "allowed_token_ids"),
         ({"bad_words": [""]}, "bad_words"),
+        ({"logit_bias": {"5": 101}}, "logit_bias"),
+        ({"tool_choice": "sometimes", "tools": []}, "tool_choice"),
         ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
         ({"allowed_token_ids": [10**6]}, None),
     ],
@@ -192,9 +194,21 @@ def test_beam_search_served(openai_client, server):
     )  # fmt: skip
     texts = [c.message.content for c in r.choices]
     assert len(texts) == 3 and len(set(texts)) == 3
-    r = _post(server, "/v1/completions",
-              {"prompt": "x", "use_beam_search": True, "stream": True})  # fmt: skip
-    assert r.status_code == 400 and r.json()["error"]["param"] == "use_beam_search"
+    streamed = openai_client.completions.create(
+        model=MODEL_NAME, prompt="The model", max_tokens=8, n=2, stream=True,
+        extra_body={"use_beam_search": True},
+    )  # fmt: skip
+    texts = {}
+    for chunk in streamed:
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+    whole = openai_client.completions.create(
+        model=MODEL_NAME, prompt="The model", max_tokens=8, n=2,
+        extra_body={"use_beam_search": True},
+    )  # fmt: skip
+    assert [texts[i] for i in range(2)] == [c.text for c in whole.choices]
+    r = _post(server, "/v1/completions", {"prompt": "x", "use_beam_search": True, "logprobs": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
 
 
 TOOLS = [

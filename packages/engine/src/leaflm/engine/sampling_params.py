@@ -154,7 +154,7 @@ class SamplingParams:
         if self.bad_words is not None:
             words = self.bad_words
             if not isinstance(words, (list, tuple)) or not all(
-                isinstance(w, str) and w.strip() for w in words
+                isinstance(w, str) and w for w in words
             ):
                 raise ValueError(f"bad_words must be a list of non-empty strings, got {words!r}")
             self.bad_words = list(words) or None

@@ -179,11 +179,10 @@ BEAM_CONFLICTS = ("stop", "logprobs", "top_logprobs", "prompt_logprobs", "min_to
 
 
 def beam_params(req: Any, max_tokens: int) -> Any:
-    """vLLM's `use_beam_search`: beam width n, all n hypotheses returned best first."""
+    """vLLM's `use_beam_search`: beam width n, all n hypotheses returned best first (a
+    stream sends them when the search ends)."""
     from leaflm.engine import BeamSearchParams
 
-    if req.stream:
-        raise bad_request("use_beam_search cannot be streamed", param="use_beam_search")
     if req.best_of is not None and req.best_of != req.n:
         raise bad_request("best_of must equal n with use_beam_search", param="best_of")
     for name in BEAM_CONFLICTS:

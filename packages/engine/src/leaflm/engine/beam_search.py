@@ -198,8 +198,8 @@ class BeamSearcher:
         vocab = lp.shape[1]
         scores = torch.tensor([s.cumulative_logprob for s in live], dtype=torch.float32)
         acc = (lp + scores[:, None]).flatten()
-        top_scores, top_idx = torch.topk(acc, min(group.keep, acc.numel()))
-        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
+        top = torch.topk(acc, min(group.keep, acc.numel()))
+        top_scores, top_idx = top.values.tolist(), top.indices.tolist()
         gen_len = live[0].num_output_tokens + 1
         at_limit = gen_len >= p.max_tokens or live[0].num_tokens + 1 >= engine.outputs.max_model_len
         cands = []  # (score, parent position, token, finish reason or None)

@@ -121,13 +121,13 @@ class GrammarCache:
             compiler = self._get_compiler()
             kind = spec.kind
             try:
-                if kind == "json":
+                if kind == "json" and spec.json is not None:
                     compiled = _compile_json_schema(compiler, spec.json)
                 elif kind == "json_object":  # OpenAI's json_object: any JSON object
                     compiled = _compile_json_schema(compiler, {"type": "object"})
                 elif kind == "regex":
                     compiled = compiler.compile_regex(spec.regex)
-                elif kind == "choice":
+                elif kind == "choice" and spec.choice is not None:
                     compiled = compiler.compile_grammar(choice_grammar(list(spec.choice)))
                 else:
                     compiled = compiler.compile_grammar(spec.grammar)

@@ -59,7 +59,7 @@ class ToolPlan:
 
     def schema(self) -> dict[str, Any] | None:
         """The JSON schema that constrains the output, for required and named choices."""
-        if self.choice == "function":
+        if self.choice == "function" and self.name is not None:
             return self.parameters(self.name)
         if self.choice != "required":
             return None
@@ -251,7 +251,7 @@ def _as_calls(obj: Any, plan: ToolPlan, args_key: tuple[str, ...]) -> list[dict[
     for item in items:
         if not isinstance(item, dict) or item.get("name") not in plan.functions:
             return None
-        args = next((item[k] for k in args_key if k in item), {})
+        args: Any = next((item[k] for k in args_key if k in item), {})
         if not isinstance(args, dict):
             return None
         calls.append(_call(item["name"], args))
@@ -262,7 +262,7 @@ def parse_output(text: str, plan: ToolPlan) -> tuple[str | None, list[dict[str, 
     """(content, tool_calls) of a finished answer."""
     if plan.choice == "none":
         return text, None
-    if plan.choice == "function":
+    if plan.choice == "function" and plan.name is not None:
         return None, [_call(plan.name, text.strip())]
     if plan.choice == "required":
         try:
@@ -323,7 +323,7 @@ class ToolStream:
     def finish(self, text: str, reason: str | None) -> list[dict[str, Any]]:
         """The choice's last chunks: remaining content, tool-call deltas, the finish."""
         message, reason = message_and_reason(text, reason, self.plan)
-        chunks = []
+        chunks: list[dict[str, Any]] = []
         rest = (message.get("content") or "")[self.sent :]
         if rest:
             chunks.append({"delta": {"content": rest}, "finish_reason": None})

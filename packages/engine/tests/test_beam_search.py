@@ -173,3 +173,19 @@ def test_preemption_gives_same_beams(llama_dir, assert_no_leaks, tight):
         for a, b in zip(r.sequences, g.sequences, strict=True):
             assert abs(a.cum_logprob - b.cum_logprob) < 1e-4
     assert_no_leaks(small)
+
+
+def test_abort_mid_search_frees_every_block(llama_dir, assert_no_leaks):
+    llm = LLM(str(llama_dir), block_size=4, kv_cache_memory=4 << 20)
+    engine = llm.llm_engine
+    engine.add_request("a", list(range(10, 30)), BeamSearchParams(3, 8, ignore_eos=True))
+    engine.add_request("b", list(range(40, 50)), BeamSearchParams(2, 4, ignore_eos=True))
+    for _ in range(3):
+        engine.step()
+    assert len([s for s in engine.requests["a"].seqs if not s.is_finished]) == 3
+    out = engine.abort("a")
+    assert out is not None and out.finished
+    while engine.has_unfinished():
+        engine.step()
+    assert "a" not in engine.beam_search.groups and not engine.beam_search.groups
+    assert_no_leaks(llm)

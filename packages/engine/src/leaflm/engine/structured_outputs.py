@@ -19,6 +19,7 @@ Data flow:
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ import torch
 
 if TYPE_CHECKING:
     from leaflm.engine.sequence import Sequence
+
+logger = logging.getLogger(__name__)
 
 _KINDS = ("json", "regex", "choice", "grammar", "json_object")
 
@@ -180,8 +183,12 @@ def _catch_up(seq: Sequence) -> _SeqGrammar:
     for token in out[start:]:
         if state.matcher.is_terminated():
             break
-        if not state.matcher.accept_token(token):
-            state.failed = True  # cannot happen for masked sampling; then stop constraining
+        if not state.matcher.accept_token(token):  # masked sampling never gets here
+            logger.warning(
+                "request %s: token %d does not match its grammar; no longer constrained",
+                seq.request.request_id, token,
+            )  # fmt: skip
+            state.failed = True
             break
     state.consumed = len(out) - seq.num_prompt_tokens
     return state

@@ -35,6 +35,7 @@ TEST_DEPS = [
     "pyyaml",  # tests/test_infra.py parses infra/'s compose and k8s files
     # lm-evaluation-harness's local-completions / local-chat-completions against the server
     "lm-eval[api]==0.4.13",
+    "ray>=2.9",  # leaflm-engine[ray]: the ray executor's two-node test
 ]
 # The official TGI client pins huggingface-hub<1.0, which transformers 5 cannot use; its code
 # runs fine on huggingface-hub 1.x, so it is installed without its declared dependencies.

@@ -140,7 +140,7 @@ def test_validation_names_the_field(kwargs, field):
 
 
 def test_out_of_vocab_ids_rejected(llm):
-    vocab = llm.llm_engine.runner.vocab_size
+    vocab = llm.llm_engine.vocab_size
     for kwargs, field in (
         ({"logit_bias": {vocab: 1.0}}, "logit_bias"),
         ({"allowed_token_ids": [1, vocab + 3]}, "allowed_token_ids"),

@@ -56,6 +56,11 @@ class AsyncLLM:
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
+    @property
+    def errored(self) -> bool:
+        """True once the engine cannot serve any more (e.g. a tensor-parallel worker died)."""
+        return self._error is not None or self.engine.executor.failed is not None
+
     async def generate(
         self,
         prompt: str | list[int],
@@ -103,6 +108,7 @@ class AsyncLLM:
         self._stopped = True
         self._wake.set()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self.engine.shutdown()
 
     # -- engine thread -----------------------------------------------------------------------
     def _send(self, kind: str, payload: Any) -> None:

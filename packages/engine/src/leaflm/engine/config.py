@@ -57,6 +57,7 @@ class EngineArgs:
     max_num_batched_tokens: int | None = None
     max_model_len: int | None = None
     tensor_parallel_size: int = 1
+    distributed_executor_backend: str | None = None  # "uni" | "mp" | "ray"; None: pick
     enable_prefix_caching: bool = True
     swap_space_gb: float = 0.0
     seed: int = 0
@@ -95,9 +96,10 @@ class EngineArgs:
         positive_int("max_num_batched_tokens", allow_none=True)
         positive_int("max_model_len", allow_none=True)
         positive_int("tensor_parallel_size")
-        if self.tensor_parallel_size != 1:
+        if self.distributed_executor_backend not in (None, "uni", "mp", "ray"):
             raise ValueError(
-                f"tensor_parallel_size must be 1 in this build, got {self.tensor_parallel_size}"
+                "distributed_executor_backend must be 'uni', 'mp' or 'ray', got "
+                f"{self.distributed_executor_backend!r}"
             )
         if float(self.swap_space_gb) < 0:
             raise ValueError(f"swap_space_gb must be >= 0, got {self.swap_space_gb}")

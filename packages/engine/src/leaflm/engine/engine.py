@@ -1,9 +1,11 @@
 """LLMEngine: one step = schedule, run the model, sample, then update and emit outputs.
 
-    add_request -> Scheduler.schedule() -> ModelRunner.execute() -> Sampler
+    add_request -> Scheduler.schedule() -> Executor.execute_model() -> Sampler
                 -> OutputProcessor (append, detokenize, stop) -> RequestOutput per request
 
-The engine is single-threaded; `AsyncLLM` drives it from one background thread.
+The engine is single-threaded; `AsyncLLM` drives it from one background thread. The model
+runs behind an executor (`leaflm.engine.executor`): in-process for one device, else on one
+worker per tensor-parallel rank; everything else here runs once, in this process.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from leaflm.engine.beam_search import BeamSearcher, BeamSearchParams
 from leaflm.engine.block_manager import BlockManager
 from leaflm.engine.config import EngineArgs, ModelConfig
 from leaflm.engine.engine_setup import load_model_config, size_kv_cache
+from leaflm.engine.executor import make_executor
 from leaflm.engine.layers.logit_controls import prepare_request
 from leaflm.engine.layers.sampler import Sampler
-from leaflm.engine.model_runner import ModelRunner, take_rows
+from leaflm.engine.model_runner import take_rows
 from leaflm.engine.output_processor import OutputProcessor
 from leaflm.engine.outputs import EngineStats, RequestMetrics, RequestOutput
 from leaflm.engine.sampling_params import SamplingParams
@@ -36,10 +39,25 @@ class LLMEngine:
         self.args = args
         start = time.perf_counter()
         self.model_config, self.tokenizer, self.eos_token_ids = load_model_config(args)
-        self.runner = ModelRunner(self.model_config)
-        cache = size_kv_cache(args, self.model_config, self.runner)
+        self.executor = make_executor(args, self.model_config)
+        try:
+            self._init_cache_and_state(args)
+        except BaseException:
+            self.executor.shutdown()
+            raise
+        mc = self.model_config
+        logger.info(
+            "ready in %.1f s: %s on %s, %s, max_model_len=%d",
+            time.perf_counter() - start, mc.served_name, mc.device,
+            str(mc.dtype).replace("torch.", ""), mc.max_model_len,
+        )  # fmt: skip
+
+    def _init_cache_and_state(self, args: EngineArgs) -> None:
+        self.runner = getattr(self.executor, "runner", None)  # the in-process one (`uni`)
+        self.vocab_size = self.executor.vocab_size
+        cache = size_kv_cache(args, self.model_config, self.executor)  # type: ignore[arg-type]
         self.cache_config = cache
-        self.runner.init_kv_cache(cache.num_blocks, cache.block_size, cache.num_cpu_blocks)
+        self.executor.init_kv_cache(cache.num_blocks, cache.block_size, cache.num_cpu_blocks)
         self.block_manager = BlockManager(
             cache.num_blocks, cache.block_size, cache.enable_prefix_caching, cache.num_cpu_blocks
         )
@@ -48,22 +66,15 @@ class LLMEngine:
         self.scheduler = Scheduler(
             self.block_manager, args.max_num_seqs, budget, use_swap=cache.num_cpu_blocks > 0
         )
-        self.sampler = Sampler(self.runner.vocab_size, mc.device)
+        self.sampler = Sampler(self.vocab_size, self.executor.driver_device)
         self.outputs = OutputProcessor(self.tokenizer, mc.max_model_len)
         self.beam_search = BeamSearcher(self)
-        self.grammars = GrammarCache(
-            self.tokenizer, self.runner.vocab_size, sorted(self.eos_token_ids)
-        )
+        self.grammars = GrammarCache(self.tokenizer, self.vocab_size, sorted(self.eos_token_ids))
         self.rng = random.Random(args.seed)
         self.requests: dict[str, Request] = {}
         self._next_seq_id = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
-        logger.info(
-            "ready in %.1f s: %s on %s, %s, max_model_len=%d",
-            time.perf_counter() - start, mc.served_name, mc.device, str(mc.dtype).replace("torch.", ""),
-            mc.max_model_len,
-        )  # fmt: skip
 
     # -- requests ----------------------------------------------------------------------------
     def tokenize(
@@ -88,7 +99,7 @@ class LLMEngine:
             raise ValueError("prompt must not be empty")
         if truncate_prompt_tokens is not None:
             ids = ids[-truncate_prompt_tokens:]
-        vocab = self.runner.vocab_size
+        vocab = self.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
             raise ValueError(
@@ -127,8 +138,9 @@ class LLMEngine:
             raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        if params.logprobs is not None and params.logprobs > self.runner.vocab_size:
-            raise ValueError(f"logprobs must be <= vocab size {self.runner.vocab_size}")
+        if params.logprobs is not None and params.logprobs > self.vocab_size:
+            raise ValueError(f"logprobs must be <= vocab size {self.vocab_size}")
+        self.executor.check_alive()
         text: str | None
         if prompt_token_ids is not None and isinstance(prompt, str):
             text, ids = prompt, list(prompt_token_ids)
@@ -137,7 +149,7 @@ class LLMEngine:
         metrics = RequestMetrics(arrival_time or time.monotonic())
         req = Request(request_id, text, ids, params, metrics, self.eos_token_ids)
         prepare_request(
-            req, self.tokenizer, self.runner.vocab_size, self.model_config.device, self.grammars
+            req, self.tokenizer, self.vocab_size, self.executor.driver_device, self.grammars
         )
         seed = params.seed if params.seed is not None else self.rng.getrandbits(63)
         seq = Sequence(self._new_seq_id(), req, 0, seed & _SEED_MASK)
@@ -175,9 +187,13 @@ class LLMEngine:
         try:
             return self._run(sched, now)
         except Exception:
-            for seq in sched.seqs:  # never leak blocks: fail the requests of this batch
-                if seq.request.request_id in self.requests:
-                    self.abort(seq.request.request_id)
+            # Never leak blocks: fail the requests of this batch, or of every request once
+            # the workers are gone (the executor has shut them down).
+            failed = self.executor.failed is not None
+            doomed = list(self.requests) if failed else [s.request.request_id for s in sched.seqs]
+            for request_id in doomed:
+                if request_id in self.requests:
+                    self.abort(request_id)
             raise
 
     def _run(self, sched: SchedulerOutput, now: float) -> list[RequestOutput]:
@@ -199,7 +215,7 @@ class LLMEngine:
             if start + n == seq.num_tokens:
                 samplers.append((seq, len(rows)))
                 rows.append((i, n - 1))
-        logits = self.runner.execute(sched, rows)
+        logits = self.executor.execute_model(sched, rows)
 
         for seq, n in zip(sched.seqs, sched.num_tokens, strict=True):
             seq.num_computed_tokens += n
@@ -256,6 +272,10 @@ class LLMEngine:
                     seqs.append(child)
                     rows.append(row)
         return seqs, rows
+
+    def shutdown(self) -> None:
+        """Stop the executor's workers (idempotent; also happens at garbage collection)."""
+        self.executor.shutdown()
 
     # -- introspection -----------------------------------------------------------------------
     def stats(self) -> EngineStats:

@@ -28,6 +28,10 @@ class LLM:
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer
 
+    def shutdown(self) -> None:
+        """Stop the engine's workers now (otherwise at garbage collection or exit)."""
+        self.llm_engine.shutdown()
+
     def generate(
         self,
         prompts: PromptType | list[PromptType],

@@ -2,6 +2,8 @@
 
 Tensors are streamed one at a time from memory-mapped files straight into the model's
 preallocated parameters, so peak memory is one model plus one tensor, never two full copies.
+A tensor-parallel shard (a layer's `checkpoint_shard`) is read as safetensors slices: a
+rank reads only its rows or columns, never the full tensor.
 Every parameter must be filled exactly once; a missing or unexpected tensor is an error that
 names the tensor and the file it came from.
 """
@@ -11,11 +13,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from leaflm.engine.layers.linear import MergedLinear
+from leaflm.engine.layers.sharding import Shard
+from leaflm.engine.parallel_state import tp_size
 
 
 def checkpoint_files(model_dir: Path) -> list[Path]:
@@ -33,8 +38,8 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def iter_checkpoint(files: list[Path]) -> Iterator[tuple[str, torch.Tensor, Path]]:
-    """Yield (name, tensor, file) for every tensor, one at a time."""
+def iter_checkpoint(files: list[Path]) -> Iterator[tuple[str, Any, Path]]:
+    """Yield (name, tensor or lazy safetensors slice, file) for every tensor, one at a time."""
     for path in files:
         if not path.is_file():
             raise ValueError(f"checkpoint file {path} listed in the index is missing")
@@ -43,11 +48,25 @@ def iter_checkpoint(files: list[Path]) -> Iterator[tuple[str, torch.Tensor, Path
 
             with safe_open(str(path), framework="pt") as f:
                 for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    yield name, f.get_tensor(name), path
+                    yield name, f.get_slice(name), path
         else:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             for name in list(state):
                 yield name, state.pop(name), path
+
+
+def read_tensor(handle: Any, shard: Shard | None) -> torch.Tensor:
+    """The whole tensor, or the runs of `shard` concatenated (only those are read)."""
+    if isinstance(handle, torch.Tensor):
+        if shard is None:
+            return handle
+        parts = [handle.narrow(shard.dim, a, b - a) for a, b in shard.ranges]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, shard.dim)
+    if shard is None:
+        return handle[:]
+    lead = (slice(None),) * shard.dim
+    parts = [handle[(*lead, slice(a, b))] for a, b in shard.ranges]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, shard.dim)
 
 
 def load_weights(model: nn.Module, model_dir: Path) -> None:
@@ -65,7 +84,7 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
     loaded: set[tuple[str, int]] = set()
 
     rename = getattr(model, "checkpoint_name", None)  # HF name -> leaflm name, None = skip
-    for name, tensor, path in iter_checkpoint(checkpoint_files(model_dir)):
+    for name, handle, path in iter_checkpoint(checkpoint_files(model_dir)):
         if rename is not None and (name := rename(name)) is None:
             continue
         if name in tied or any(name.endswith(s) for s in ignored):
@@ -84,11 +103,20 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
             )
         if (target, shard) in loaded:
             raise ValueError(f"tensor {name!r} in {path.name} appears twice in the checkpoint")
+        owner, _, pname = target.rpartition(".")
+        module = model.get_submodule(owner)
+        spec = None  # at TP=1 every shard is the whole tensor: read it whole, check its shape
+        shard_of = getattr(module, "checkpoint_shard", None)
+        if tp_size() > 1 and callable(shard_of):
+            spec = shard_of(pname, shard)
+        tensor = read_tensor(handle, spec)
         with torch.no_grad():
             if shard >= 0:
-                module = model.get_submodule(target.rsplit(".", 1)[0])
                 assert isinstance(module, MergedLinear)  # only merged layers have shards
                 module.load_shard(param, shard, tensor.to(param.dtype))
+            elif spec is not None and spec.padded and tensor.shape[0] < param.shape[0]:
+                param.data[tensor.shape[0] :].zero_()  # vocab padding of the last rank
+                param.data[: tensor.shape[0]].copy_(tensor)
             else:
                 if tuple(tensor.shape) != tuple(param.shape):
                     raise ValueError(

@@ -21,6 +21,7 @@ from leaflm.engine.layers.linear import pack_for_cpu
 from leaflm.engine.loader import load_weights
 from leaflm.engine.models.registry import resolve_model_class
 from leaflm.engine.scheduler import SchedulerOutput
+from leaflm.engine.step_input import StepInput, build_step_input
 from leaflm.kernels.cpu import gemm, malloc_tuning
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ class ModelRunner:
         try:
             with torch.device(self.device):
                 self.model = cls(model_config.hf_config)
+        except ValueError as exc:  # e.g. a size the tensor-parallel ranks cannot split
+            if cls.__name__ in str(exc):
+                raise
+            raise ValueError(f"{cls.__name__}: {exc}") from exc
         finally:
             torch.set_default_dtype(previous)
         start = time.perf_counter()
@@ -112,65 +117,32 @@ class ModelRunner:
 
         `logit_rows` are (index into sched.seqs, offset within that sequence's new tokens).
         """
-        assert self.kv is not None, "init_kv_cache first"
-        self.kv.apply(sched.blocks_to_swap_out, sched.blocks_to_swap_in, sched.blocks_to_copy)
-        input_ids, positions, meta, row_start = self._prepare(sched)
-        hidden = self.model(input_ids, positions, ForwardContext(meta, self.kv.layers))
-        rows = [row_start[i] + off for i, off in logit_rows]
-        return self.model.compute_logits(take_rows(hidden, rows)).float()
+        return self.execute_step(build_step_input(sched, logit_rows, self.block_size))
 
-    def _prepare(
-        self, sched: SchedulerOutput
-    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        bs = self.block_size
-        seqs, counts = sched.seqs, sched.num_tokens
-        row_start = [0] * len(seqs)
-        ids: list[int] = []
-        pos: list[int] = []
-        slots: list[int] = []
-        dec_tables, dec_lens = [], []
-        for i, (s, n) in enumerate(zip(seqs, counts, strict=True)):
-            if n != 1:
-                continue
-            p = s.num_computed_tokens
-            row_start[i] = len(ids)
-            ids.append(s.token_ids[p])
-            pos.append(p)
-            slots.append(s.block_table[p // bs] * bs + p % bs)
-            dec_tables.append(s.block_table)
-            dec_lens.append(p + 1)
-        num_decode = len(ids)
-        pf_tables, pf_lens, qsl = [], [], [0]
-        max_q = 0
-        for i, (s, n) in enumerate(zip(seqs, counts, strict=True)):
-            if n == 1:
-                continue
-            start, end = s.num_computed_tokens, s.num_computed_tokens + n
-            row_start[i] = len(ids)
-            ids.extend(s.token_ids[start:end])
-            r = np.arange(start, end)
-            table = np.asarray(s.block_table, dtype=np.int64)
-            pos.extend(r.tolist())
-            slots.extend((table[r // bs] * bs + r % bs).tolist())
-            pf_tables.append(s.block_table)
-            pf_lens.append(end)
-            qsl.append(qsl[-1] + n)
-            max_q = max(max_q, n)
+    @torch.inference_mode()
+    def execute_step(self, step: StepInput) -> torch.Tensor:
+        """Run a laid-out step; logits at `step.logit_rows` (`[rows, 0]` on TP ranks > 0)."""
+        assert self.kv is not None, "init_kv_cache first"
+        self.kv.apply(step.blocks_to_swap_out, step.blocks_to_swap_in, step.blocks_to_copy)
         dev = self.device
+
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(dev)
+
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            num_decode_tokens=num_decode,
-            decode_block_tables=_pad(dec_tables, dev),
-            decode_seq_lens=torch.tensor(dec_lens, dtype=torch.int32, device=dev),
-            num_prefill_tokens=len(ids) - num_decode,
-            prefill_block_tables=_pad(pf_tables, dev),
-            prefill_query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
-            prefill_seq_lens=torch.tensor(pf_lens, dtype=torch.int32, device=dev),
-            max_prefill_query_len=max_q,
+            slot_mapping=t(step.slot_mapping),
+            num_decode_tokens=step.num_decode_tokens,
+            decode_block_tables=t(step.decode_block_tables),
+            decode_seq_lens=t(step.decode_seq_lens),
+            num_prefill_tokens=len(step.input_ids) - step.num_decode_tokens,
+            prefill_block_tables=t(step.prefill_block_tables),
+            prefill_query_start_loc=t(step.prefill_query_start_loc),
+            prefill_seq_lens=t(step.prefill_seq_lens),
+            max_prefill_query_len=step.max_prefill_query_len,
         )
-        input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
-        positions = torch.tensor(pos, dtype=torch.long, device=dev)
-        return input_ids, positions, meta, row_start
+        ctx = ForwardContext(meta, self.kv.layers)
+        hidden = self.model(t(step.input_ids), t(step.positions), ctx)
+        return self.model.compute_logits(take_rows(hidden, step.logit_rows)).float()
 
 
 def take_rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
@@ -178,12 +150,3 @@ def take_rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
     if rows == list(range(t.shape[0])):
         return t
     return t.index_select(0, torch.tensor(rows, dtype=torch.long, device=t.device))
-
-
-def _pad(tables: list[list[int]], device: torch.device) -> torch.Tensor:
-    """Block tables as one int32 `[S, max_blocks]` tensor (padding points at block 0)."""
-    width = max((len(t) for t in tables), default=1) or 1
-    arr = np.zeros((len(tables), width), dtype=np.int32)
-    for j, t in enumerate(tables):
-        arr[j, : len(t)] = t
-    return torch.from_numpy(arr).to(device)

@@ -83,7 +83,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     e.add_argument(
         "--tensor-parallel-size", type=int, default=1,
-        help="GPUs to shard the model over; only 1 in this build (default: %(default)s)",
+        help="ranks to shard the model over: GPUs, or groups of CPU cores (default: "
+        "%(default)s)",
+    )  # fmt: skip
+    e.add_argument(
+        "--distributed-executor-backend", default=None, choices=["uni", "mp", "ray"],
+        help="how ranks run: uni (in-process, TP=1), mp (a process per rank on this node) or "
+        "ray (an actor per rank, possibly on other nodes) (default: uni for TP=1, else ray "
+        "when a Ray cluster is connected, else mp)",
     )  # fmt: skip
     caching = e.add_mutually_exclusive_group()
     caching.add_argument(
@@ -235,6 +242,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "max_model_len": args.max_model_len,
         "tensor_parallel_size": args.tensor_parallel_size,
+        "distributed_executor_backend": args.distributed_executor_backend,
         "enable_prefix_caching": args.enable_prefix_caching,
         "swap_space_gb": args.swap_space,
         "seed": args.seed,

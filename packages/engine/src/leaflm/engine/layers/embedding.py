@@ -1,4 +1,10 @@
-"""Token embedding and the LM head (which may share the embedding's weight)."""
+"""Token embedding and the LM head (which may share the embedding's weight), vocab-parallel.
+
+Under tensor parallelism each rank holds ceil(V/tp) vocabulary rows (the last rank's tail
+zero-padded): a lookup outside a rank's rows gives zeros there and the all-reduce sums the
+one real row; the head's logit columns are gathered to rank 0, which trims the padding.
+At TP=1 the shard is the whole vocabulary and both collectives are no-ops.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +13,42 @@ import torch.nn.functional as F
 from torch import nn
 
 from leaflm.engine.layers.linear import PackableLinear
+from leaflm.engine.layers.sharding import Shard, vocab_rows, vocab_shard
+from leaflm.engine.parallel_state import all_reduce, gather_last_dim, tp_size
 from leaflm.kernels.cpu import gemm
 
 
 class VocabEmbedding(nn.Module):
+    """`parallel=False` replicates the table (e.g. GPT-2's learned positions)."""
+
     packed: gemm.PackedWeight | None = None  # the tied LM head's packed copy, once shared
 
-    def __init__(self, vocab_size: int, hidden_size: int) -> None:
+    def __init__(self, vocab_size: int, hidden_size: int, parallel: bool = True) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size), requires_grad=False)
+        self.num_embeddings, self.embedding_dim = vocab_size, hidden_size
+        self.parallel = parallel and tp_size() > 1
+        rows = vocab_rows(vocab_size) if self.parallel else vocab_size
+        self.num_rows = rows  # this rank's rows (the weight may be freed once packed)
+        self.shard: Shard | None = vocab_shard(vocab_size) if self.parallel else None
+        self.weight = nn.Parameter(torch.empty(rows, hidden_size), requires_grad=False)
+
+    def checkpoint_shard(self, param: str, shard: int = -1) -> Shard | None:
+        return self.shard
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.shard is None:
+            return self._lookup(input_ids)
+        start = self.shard.ranges[0][0]
+        local = input_ids - start
+        outside = (local < 0) | (local >= self.num_rows)
+        out = self._lookup(local.masked_fill(outside, 0))
+        out.masked_fill_(outside.unsqueeze(-1), 0.0)
+        return all_reduce(out)
+
+    def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
-            return gemm.packed_rows(self.packed, input_ids)
-        return F.embedding(input_ids, self.weight)
+            return gemm.packed_rows(self.packed, ids)
+        return F.embedding(ids, self.weight)
 
     def share_packed(self, packed: gemm.PackedWeight) -> bool:
         """Look tokens up in `packed` (this table, packed by a tied head) and free the plain one.
@@ -38,16 +66,22 @@ class LMHead(PackableLinear):
     """Projects hidden states to vocabulary logits; tied heads reuse the embedding weight.
 
     Packed on CPU like any linear layer; a tied head's embedding then reads its rows from
-    the packed copy (see `VocabEmbedding.share_packed`), so the table is held once.
+    the packed copy (see `VocabEmbedding.share_packed`), so the table is held once. Under TP
+    only rank 0 gets the logits (`[T, V]`); the other ranks get `[T, 0]`.
     """
 
     def __init__(
         self, vocab_size: int, hidden_size: int, tied_to: VocabEmbedding | None = None
     ) -> None:
         super().__init__()
+        self.vocab_size = vocab_size
         self.tied_to = tied_to
+        self.parallel = tp_size() > 1
+        if self.parallel:
+            self.shards = {("weight", -1): vocab_shard(vocab_size)}
         if tied_to is None:
-            self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size), requires_grad=False)
+            rows = vocab_rows(vocab_size) if self.parallel else vocab_size
+            self.weight = nn.Parameter(torch.empty(rows, hidden_size), requires_grad=False)
 
     def plain_weight(self) -> torch.Tensor:
         return self.tied_to.weight if self.tied_to is not None else self.weight
@@ -60,5 +94,9 @@ class LMHead(PackableLinear):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
-            return self.packed_forward(hidden, None)
-        return F.linear(hidden, self.plain_weight())
+            logits = self.packed_forward(hidden, None)
+        else:
+            logits = F.linear(hidden, self.plain_weight())
+        if not self.parallel:
+            return logits
+        return gather_last_dim(logits)[..., : self.vocab_size]

@@ -54,7 +54,7 @@ class CausalLM(nn.Module):
         self.config = cfg
         setattr(self, self.backbone_attr, backbone)
         tied = bool(getattr(cfg, "tie_word_embeddings", self.tie_by_default))
-        vocab_size, hidden_size = embed.weight.shape
+        vocab_size, hidden_size = embed.num_embeddings, embed.embedding_dim
         setattr(self, self.head_attr, LMHead(vocab_size, hidden_size, embed if tied else None))
         self.tied_weights = {f"{self.head_attr}.weight"} if tied else set()
         self.num_layers, self.num_kv_heads, self.head_dim = kv_shape

@@ -18,17 +18,22 @@ from leaflm.engine.forward_context import ForwardContext
 from leaflm.engine.layers.alibi import alibi_slopes
 from leaflm.engine.layers.attention import Attention
 from leaflm.engine.layers.embedding import VocabEmbedding
-from leaflm.engine.layers.linear import Linear
+from leaflm.engine.layers.linear import ColumnParallelLinear, RowParallelLinear
+from leaflm.engine.layers.sharding import HeadShard, arch_of, scaled, shard_heads
 from leaflm.engine.models.base import CausalLM
 
 
 class BloomAttention(nn.Module):
-    def __init__(self, cfg: Any, layer_idx: int, slopes: torch.Tensor) -> None:
+    def __init__(self, cfg: Any, layer_idx: int, slopes: torch.Tensor, shard: HeadShard) -> None:
         super().__init__()
-        hidden, self.num_heads = cfg.hidden_size, cfg.n_head
-        self.head_dim = hidden // self.num_heads
-        self.query_key_value = Linear(hidden, 3 * hidden, bias=True)
-        self.dense = Linear(hidden, hidden, bias=True)
+        hidden = cfg.hidden_size
+        d = self.head_dim = hidden // cfg.n_head
+        self.num_heads = shard.num_heads
+        # [heads, 3, head_dim] per token: a rank's heads are one contiguous run of rows.
+        self.query_key_value = ColumnParallelLinear(
+            hidden, 3 * hidden, bias=True, ranges=scaled(shard.q, 3 * d)
+        )
+        self.dense = RowParallelLinear(hidden, hidden, bias=True, ranges=scaled(shard.q, d))
         self.attn = Attention(
             layer_idx,
             self.num_heads,
@@ -47,22 +52,22 @@ class BloomAttention(nn.Module):
 class BloomMLP(nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
-        self.dense_h_to_4h = Linear(hidden, 4 * hidden, bias=True)
-        self.dense_4h_to_h = Linear(4 * hidden, hidden, bias=True)
+        self.dense_h_to_4h = ColumnParallelLinear(hidden, 4 * hidden, bias=True)
+        self.dense_4h_to_h = RowParallelLinear(4 * hidden, hidden, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate="tanh"))
 
 
 class BloomBlock(nn.Module):
-    def __init__(self, cfg: Any, layer_idx: int, slopes: torch.Tensor) -> None:
+    def __init__(self, cfg: Any, layer_idx: int, slopes: torch.Tensor, shard: HeadShard) -> None:
         super().__init__()
         eps = cfg.layer_norm_epsilon
         self.post_ln_residual = bool(
             getattr(cfg, "apply_residual_connection_post_layernorm", False)
         )
         self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=eps)
-        self.self_attention = BloomAttention(cfg, layer_idx, slopes)
+        self.self_attention = BloomAttention(cfg, layer_idx, slopes, shard)
         self.post_attention_layernorm = nn.LayerNorm(cfg.hidden_size, eps=eps)
         self.mlp = BloomMLP(cfg.hidden_size)
 
@@ -81,9 +86,11 @@ class BloomModel(nn.Module):
         eps = cfg.layer_norm_epsilon
         self.word_embeddings = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.word_embeddings_layernorm = nn.LayerNorm(cfg.hidden_size, eps=eps)
-        slopes = alibi_slopes(cfg.n_head)
+        shard = shard_heads(arch_of(cfg), cfg.n_head, cfg.n_head)
+        ((lo, hi),) = shard.q
+        slopes = alibi_slopes(cfg.n_head)[lo:hi].contiguous()  # this rank's heads' slopes
         self.register_buffer("slopes", slopes, persistent=False)
-        self.h = nn.ModuleList(BloomBlock(cfg, i, slopes) for i in range(cfg.n_layer))
+        self.h = nn.ModuleList(BloomBlock(cfg, i, slopes, shard) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=eps)
 
     def forward(
@@ -102,7 +109,9 @@ class BloomForCausalLM(CausalLM):
 
     def __init__(self, cfg: Any) -> None:
         model = BloomModel(cfg)
-        kv_shape = (cfg.n_layer, cfg.n_head, cfg.hidden_size // cfg.n_head)
+        attn = model.h[0].self_attention
+        assert isinstance(attn, BloomAttention)  # this rank's heads size its KV cache
+        kv_shape = (cfg.n_layer, attn.num_heads, attn.head_dim)
         super().__init__(cfg, model, model.word_embeddings, kv_shape)
 
     @classmethod

@@ -22,9 +22,10 @@ from leaflm.engine.layers.activation import activation_fn
 from leaflm.engine.layers.alibi import alibi_slopes
 from leaflm.engine.layers.attention import Attention
 from leaflm.engine.layers.embedding import VocabEmbedding
-from leaflm.engine.layers.linear import Linear
+from leaflm.engine.layers.linear import ColumnParallelLinear, RowParallelLinear
 from leaflm.engine.layers.rope_settings import rope_settings
 from leaflm.engine.layers.rotary import RotaryEmbedding
+from leaflm.engine.layers.sharding import HeadShard, Ranges, arch_of, scaled, shard_heads
 from leaflm.engine.models.base import ROTARY_BUFFERS, CausalLM
 
 
@@ -41,18 +42,48 @@ def _num_parallel_norms(cfg: Any) -> int:
     return n if n is not None else (2 if cfg.new_decoder_architecture else 1)
 
 
+def head_shard(cfg: Any) -> HeadShard:
+    return shard_heads(arch_of(cfg), cfg.num_attention_heads, _num_kv_heads(cfg))
+
+
+def _qkv_rows(cfg: Any, shard: HeadShard, d: int) -> Ranges:
+    """This rank's rows of the fused QKV weight, in a layout `_split` reads as it is.
+
+    A rank's slice of a new-architecture KV group (when KV heads < ranks) is itself one group:
+    its query heads, then the group's k and v.
+    """
+    heads, kv_heads = cfg.num_attention_heads, _num_kv_heads(cfg)
+    if cfg.new_decoder_architecture:
+        g = heads // kv_heads + 2  # rows per group: its query heads, k, v
+        (k0, k1), (q0, q1) = shard.kv[0], shard.q[0]
+        if q1 - q0 >= (k1 - k0) * (g - 2):  # whole groups
+            return scaled(shard.kv, g * d)
+        base = k0 * g
+        q_in = q0 - k0 * (g - 2)
+        return ((base + q_in) * d, (base + q_in + q1 - q0) * d), (
+            (base + g - 2) * d,
+            (base + g) * d,
+        )
+    if cfg.multi_query:
+        return (*scaled(shard.q, d), (heads * d, (heads + 2) * d))
+    return scaled(shard.q, 3 * d)  # per head [q, k, v]
+
+
 class FalconAttention(nn.Module):
     def __init__(
         self, cfg: Any, layer_idx: int, rotary: RotaryEmbedding | None, slopes: torch.Tensor | None
     ) -> None:
         super().__init__()
-        hidden, self.num_heads = cfg.hidden_size, cfg.num_attention_heads
-        self.head_dim = hidden // self.num_heads
-        self.num_kv_heads = _num_kv_heads(cfg)
+        hidden, heads = cfg.hidden_size, cfg.num_attention_heads
+        d = self.head_dim = hidden // heads
+        shard = head_shard(cfg)
+        self.num_heads, self.num_kv_heads = shard.num_heads, shard.num_kv_heads
         self.new_arch, self.multi_query = cfg.new_decoder_architecture, cfg.multi_query
-        qkv_out = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-        self.query_key_value = Linear(hidden, qkv_out, bias=cfg.bias)
-        self.dense = Linear(hidden, hidden, bias=cfg.bias)
+        qkv_out = (heads + 2 * _num_kv_heads(cfg)) * d
+        self.query_key_value = ColumnParallelLinear(
+            hidden, qkv_out, bias=cfg.bias, ranges=_qkv_rows(cfg, shard, d)
+        )
+        self.dense = RowParallelLinear(hidden, hidden, bias=cfg.bias, ranges=scaled(shard.q, d))
         self.rotary = rotary
         self.attn = Attention(
             layer_idx,
@@ -91,8 +122,8 @@ class FalconMLP(nn.Module):
     def __init__(self, cfg: Any) -> None:
         super().__init__()
         ffn = getattr(cfg, "ffn_hidden_size", None) or 4 * cfg.hidden_size
-        self.dense_h_to_4h = Linear(cfg.hidden_size, ffn, bias=cfg.bias)
-        self.dense_4h_to_h = Linear(ffn, cfg.hidden_size, bias=cfg.bias)
+        self.dense_h_to_4h = ColumnParallelLinear(cfg.hidden_size, ffn, bias=cfg.bias)
+        self.dense_4h_to_h = RowParallelLinear(ffn, cfg.hidden_size, bias=cfg.bias)
         self.act = activation_fn(getattr(cfg, "activation", "gelu"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,6 +171,8 @@ class FalconModel(nn.Module):
         if cfg.alibi:
             # HF builds ALiBi in bfloat16 and divides it by sqrt(head_dim) before the softmax.
             slopes = alibi_slopes(cfg.num_attention_heads).bfloat16().float() * head_dim**-0.5
+            ((lo, hi),) = head_shard(cfg).q
+            slopes = slopes[lo:hi].contiguous()  # this rank's heads' slopes
             self.register_buffer("slopes", slopes, persistent=False)
         else:
             rope = rope_settings(cfg)
@@ -168,11 +201,9 @@ class FalconForCausalLM(CausalLM):
 
     def __init__(self, cfg: Any) -> None:
         model = FalconModel(cfg)
-        kv_shape = (
-            cfg.num_hidden_layers,
-            _num_kv_heads(cfg),
-            cfg.hidden_size // cfg.num_attention_heads,
-        )
+        attn = model.h[0].self_attention
+        assert isinstance(attn, FalconAttention)  # this rank's heads size its KV cache
+        kv_shape = (cfg.num_hidden_layers, attn.num_kv_heads, attn.head_dim)
         super().__init__(cfg, model, model.word_embeddings, kv_shape)
 
 

@@ -19,9 +19,10 @@ from leaflm.engine.forward_context import ForwardContext
 from leaflm.engine.layers.activation import GeluAndMul
 from leaflm.engine.layers.attention import Attention
 from leaflm.engine.layers.embedding import VocabEmbedding
-from leaflm.engine.layers.linear import Linear, MergedLinear
+from leaflm.engine.layers.linear import MergedLinear, RowParallelLinear
 from leaflm.engine.layers.rope_settings import rope_settings
 from leaflm.engine.layers.rotary import RotaryEmbedding
+from leaflm.engine.layers.sharding import arch_of, scaled, shard_heads
 from leaflm.engine.models.base import LLAMA_PACKED_MODULES, ROTARY_BUFFERS, CausalLM
 
 
@@ -58,17 +59,17 @@ def layer_types(cfg: Any) -> list[str]:
 class Gemma3Attention(nn.Module):
     def __init__(self, cfg: Any, layer_idx: int, kind: str, rotary: RotaryEmbedding) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = cfg.head_dim
-        self.q_size, self.kv_size = (
-            self.num_heads * self.head_dim,
-            self.num_kv_heads * self.head_dim,
-        )
+        heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        d = self.head_dim = cfg.head_dim
+        shard = shard_heads(arch_of(cfg), heads, kv_heads)  # this rank's heads
+        self.num_heads, self.num_kv_heads = shard.num_heads, shard.num_kv_heads
+        self.q_size, self.kv_size = self.num_heads * d, self.num_kv_heads * d
         bias = bool(getattr(cfg, "attention_bias", False))
+        q, kv = scaled(shard.q, d), scaled(shard.kv, d)
         self.qkv_proj = MergedLinear(
-            cfg.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=bias
+            cfg.hidden_size, [heads * d, kv_heads * d, kv_heads * d], bias=bias, ranges=[q, kv, kv]
         )
-        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=bias)
+        self.o_proj = RowParallelLinear(heads * d, cfg.hidden_size, bias=bias, ranges=q)
         self.q_norm = GemmaRMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = GemmaRMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.rotary = rotary
@@ -101,7 +102,7 @@ class Gemma3MLP(nn.Module):
             raise ValueError(f"Gemma 3 MLP activation {act!r} is not supported")
         inter = cfg.intermediate_size
         self.gate_up_proj = MergedLinear(cfg.hidden_size, [inter, inter], bias=False)
-        self.down_proj = Linear(inter, cfg.hidden_size, bias=False)
+        self.down_proj = RowParallelLinear(inter, cfg.hidden_size, bias=False)
         self.act = GeluAndMul("tanh")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +171,9 @@ class Gemma3ForCausalLM(CausalLM):
 
     def __init__(self, cfg: Any) -> None:
         model = Gemma3TextModel(cfg)
-        kv_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
+        attn = model.layers[0].self_attn
+        assert isinstance(attn, Gemma3Attention)  # this rank's heads size its KV cache
+        kv_shape = (cfg.num_hidden_layers, attn.num_kv_heads, cfg.head_dim)
         super().__init__(cfg, model, model.embed_tokens, kv_shape)
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
 

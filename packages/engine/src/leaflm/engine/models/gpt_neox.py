@@ -17,20 +17,26 @@ from leaflm.engine.forward_context import ForwardContext
 from leaflm.engine.layers.activation import activation_fn
 from leaflm.engine.layers.attention import Attention
 from leaflm.engine.layers.embedding import VocabEmbedding
-from leaflm.engine.layers.linear import Linear
+from leaflm.engine.layers.linear import ColumnParallelLinear, RowParallelLinear
 from leaflm.engine.layers.rope_settings import rope_settings
 from leaflm.engine.layers.rotary import RotaryEmbedding
+from leaflm.engine.layers.sharding import arch_of, scaled, shard_heads
 from leaflm.engine.models.base import ROTARY_BUFFERS, CausalLM
 
 
 class GPTNeoXAttention(nn.Module):
     def __init__(self, cfg: Any, layer_idx: int, rotary: RotaryEmbedding) -> None:
         super().__init__()
-        hidden, self.num_heads = cfg.hidden_size, cfg.num_attention_heads
-        self.head_dim = hidden // self.num_heads
+        hidden, heads = cfg.hidden_size, cfg.num_attention_heads
+        d = self.head_dim = hidden // heads
+        shard = shard_heads(arch_of(cfg), heads, heads)
+        self.num_heads = shard.num_heads
         bias = getattr(cfg, "attention_bias", True)
-        self.query_key_value = Linear(hidden, 3 * hidden, bias=bias)
-        self.dense = Linear(hidden, hidden, bias=bias)
+        # [heads, 3, head_dim] per token: a rank's heads are one contiguous run of rows.
+        self.query_key_value = ColumnParallelLinear(
+            hidden, 3 * hidden, bias=bias, ranges=scaled(shard.q, 3 * d)
+        )
+        self.dense = RowParallelLinear(hidden, hidden, bias=bias, ranges=scaled(shard.q, d))
         self.rotary = rotary
         self.attn = Attention(
             layer_idx, self.num_heads, self.num_heads, self.head_dim, self.head_dim**-0.5
@@ -48,8 +54,8 @@ class GPTNeoXAttention(nn.Module):
 class GPTNeoXMLP(nn.Module):
     def __init__(self, cfg: Any) -> None:
         super().__init__()
-        self.dense_h_to_4h = Linear(cfg.hidden_size, cfg.intermediate_size, bias=True)
-        self.dense_4h_to_h = Linear(cfg.intermediate_size, cfg.hidden_size, bias=True)
+        self.dense_h_to_4h = ColumnParallelLinear(cfg.hidden_size, cfg.intermediate_size, True)
+        self.dense_4h_to_h = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, True)
         self.act = activation_fn(cfg.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,9 +118,7 @@ class GPTNeoXForCausalLM(CausalLM):
 
     def __init__(self, cfg: Any) -> None:
         model = GPTNeoXModel(cfg)
-        kv_shape = (
-            cfg.num_hidden_layers,
-            cfg.num_attention_heads,
-            cfg.hidden_size // cfg.num_attention_heads,
-        )
+        attn = model.layers[0].attention
+        assert isinstance(attn, GPTNeoXAttention)  # this rank's heads size its KV cache
+        kv_shape = (cfg.num_hidden_layers, attn.num_heads, attn.head_dim)
         super().__init__(cfg, model, model.embed_in, kv_shape)

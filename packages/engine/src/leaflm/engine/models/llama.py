@@ -17,10 +17,11 @@ from torch import nn
 from leaflm.engine.forward_context import ForwardContext
 from leaflm.engine.layers.attention import Attention
 from leaflm.engine.layers.embedding import VocabEmbedding
-from leaflm.engine.layers.linear import Linear, MergedLinear, SiluGatedLinear
+from leaflm.engine.layers.linear import MergedLinear, RowParallelLinear, SiluGatedLinear
 from leaflm.engine.layers.norm import RMSNorm
 from leaflm.engine.layers.rope_settings import rope_settings
 from leaflm.engine.layers.rotary import RotaryEmbedding
+from leaflm.engine.layers.sharding import arch_of, scaled, shard_heads
 from leaflm.engine.models.base import LLAMA_PACKED_MODULES, ROTARY_BUFFERS, CausalLM
 
 
@@ -39,15 +40,20 @@ class LlamaAttention(nn.Module):
     def __init__(self, cfg: Any, layer_idx: int, rotary: RotaryEmbedding, qkv_bias: bool) -> None:
         super().__init__()
         hidden = cfg.hidden_size
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or hidden // self.num_heads
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        d = self.head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+        shard = shard_heads(arch_of(cfg), heads, kv_heads)  # this rank's heads
+        self.num_heads, self.num_kv_heads = shard.num_heads, shard.num_kv_heads
+        self.q_size = self.num_heads * d
+        self.kv_size = self.num_kv_heads * d
+        q, kv = scaled(shard.q, d), scaled(shard.kv, d)
         self.qkv_proj = MergedLinear(
-            hidden, [self.q_size, self.kv_size, self.kv_size], bias=qkv_bias
+            hidden, [heads * d, kv_heads * d, kv_heads * d], bias=qkv_bias, ranges=[q, kv, kv]
         )
-        self.o_proj = Linear(self.q_size, hidden, bias=getattr(cfg, "attention_bias", False))
+        self.o_proj = RowParallelLinear(
+            heads * d, hidden, bias=getattr(cfg, "attention_bias", False), ranges=q
+        )
         self.rotary = rotary
         self.attn = Attention(
             layer_idx,
@@ -72,7 +78,7 @@ class LlamaMLP(nn.Module):
         super().__init__()
         inter, bias = cfg.intermediate_size, getattr(cfg, "mlp_bias", False)
         self.gate_up_proj = SiluGatedLinear(cfg.hidden_size, inter, bias=bias)
-        self.down_proj = Linear(inter, cfg.hidden_size, bias=bias)
+        self.down_proj = RowParallelLinear(inter, cfg.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.gate_up_proj(x))

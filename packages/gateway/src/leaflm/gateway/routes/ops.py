@@ -40,6 +40,8 @@ async def health(request: Request) -> Response:
     gw = gateway_of(request)
     try:
         gw.admission.check_ready()
+        if getattr(gw.engine, "errored", False):
+            raise APIError(503, "The engine has failed (see the server log).", retry_after=1)
     except APIError as err:
         return JSONResponse(
             {"status": "unavailable", "message": err.message},

@@ -117,6 +117,9 @@ class GrammarCache:
     def compile(self, spec: StructuredOutputsParams) -> Any:
         """The compiled grammar of `spec`; ValueError naming what is wrong with it."""
         key = spec.cache_key()
+        hit = self._compiled.get(key)  # a hit never waits for another thread's compile
+        if hit is not None:
+            return hit
         with self._lock:
             hit = self._compiled.get(key)
             if hit is not None:

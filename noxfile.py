@@ -111,6 +111,7 @@ MIN_TESTS = [
     "packages/engine/tests/test_models_parity.py",
     "packages/engine/tests/test_gguf.py",  # gguf, sentencepiece
     "packages/engine/tests/test_text_and_stops.py",  # jinja2 chat templates
+    "packages/engine/tests/test_structured_outputs.py",  # xgrammar
     "packages/gateway/tests/test_openai_sdk.py",  # fastapi, uvicorn, pydantic, openai
     "packages/gateway/tests/test_ops.py",  # prometheus-client
     "packages/gateway/tests/test_bad_inputs.py",  # pydantic validation -> 400s

@@ -1,9 +1,9 @@
 """Block accounting: refcounts always match the block tables, and nothing leaks.
 
 A hypothesis state machine drives a real engine (tiny model, tiny cache so preemption and
-swapping happen) through arbitrary interleavings of add / step / abort, checking after every
-operation that each block's refcount equals the number of live sequences holding it, and at
-the end that every block is free with refcount zero.
+swapping happen) through arbitrary interleavings of add (plain and beam search requests) /
+step / abort, checking after every operation that each block's refcount equals the number of
+live sequences holding it, and at the end that every block is free with refcount zero.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leaflm.engine import SamplingParams
+from leaflm.engine import BeamSearchParams, SamplingParams
 from leaflm.engine.block_manager import BlockManager
 from leaflm.engine.config import EngineArgs
 from leaflm.engine.engine import LLMEngine
@@ -62,6 +62,13 @@ op = st.one_of(
         st.integers(1, 3),  # n
         st.sampled_from([0.0, 1.0]),
     ),
+    st.tuples(
+        st.just("beam"),
+        st.integers(1, 30),  # prompt length
+        st.integers(1, 8),  # max_tokens
+        st.integers(1, 3),  # beam width
+        st.booleans(),  # ignore_eos
+    ),
     st.tuples(st.just("step")),
     st.tuples(st.just("abort"), st.integers(0, 50)),
 )
@@ -86,6 +93,12 @@ def test_any_interleaving_frees_every_block(engines, ops, which, shared):
                 prompt,
                 SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, seed=i),
             )
+            ids.append(rid)
+        elif o[0] == "beam":  # beams fork, share blocks, get freed when outranked
+            _, length, max_tokens, width, ignore_eos = o
+            prompt = [5 + (j if shared else (j * 11 + i) % 300) for j in range(length)]
+            rid = f"b{i}"
+            engine.add_request(rid, prompt, BeamSearchParams(width, max_tokens, ignore_eos))
             ids.append(rid)
         elif o[0] == "step":
             engine.step()

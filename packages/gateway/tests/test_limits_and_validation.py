@@ -76,9 +76,11 @@ def test_nine_stop_sequences_are_refused_where_info_says_eight(server):
         ("/v1/completions", '{"prompt": [[false]]}', "prompt"),
         ("/v1/completions", '{"prompt": [true, 1]}', "prompt"),
         ("/v1/completions", '{"prompt": "Hi", "max_tokens": 2.5}', "max_tokens"),
-        ("/v1/completions", '{"prompt": "Hi", "logit_bias": {"1": 5}}', "logit_bias"),
+        ("/v1/completions", '{"prompt": "Hi", "logit_bias": {"1": 500}}', "logit_bias"),
+        ("/v1/completions", '{"prompt": "Hi", "logit_bias": {"x": 5}}', "logit_bias"),
+        ("/v1/completions", '{"prompt": "Hi", "functions": [{"name": "f"}]}', "functions"),
         ("/v1/chat/completions",
-         '{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_object"}}',
+         '{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "xml"}}',
          "response_format"),
         ("/v1/chat/completions",
          '{"messages": [{"role": "user", "content": "Hi"}], "tools": []}', "tools"),
@@ -97,7 +99,7 @@ def test_wrong_types_and_unsupported_fields_are_400_naming_the_field(server, pat
     "raw",
     ['{"inputs": "Hi", "parameters": {"temperature": NaN}}',
      '{"inputs": "Hi", "parameters": {"temperature": true}}',
-     '{"inputs": "Hi", "parameters": {"grammar": {"type": "json", "value": {}}}}'],
+     '{"inputs": "Hi", "parameters": {"grammar": {"type": "xml", "value": ""}}}'],
 )  # fmt: skip
 def test_tgi_wrong_types_are_422(server, raw):
     r = _post(server, "/generate", raw, raw=True)

@@ -77,6 +77,29 @@ def _cross_field(body: dict, path: str) -> None:
             params["best_of"] = None
     if "prompt" in body and "messages" in body and "tokens" not in body:  # /tokenize: one
         body.pop("messages")
+    # Grammars (regexes, EBNF, JSON schemas, tool definitions) must compile, and beam search
+    # excludes logprobs and stop strings: no JSON schema says so; positive cases leave them out.
+    for name in (
+        "response_format",
+        "structured_outputs",
+        "guided_json",
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
+        "tools",
+        "tool_choice",
+        "use_beam_search",
+    ):
+        body.pop(name, None)
+    if isinstance(params, dict):
+        params.pop("grammar", None)
+    if isinstance(body.get("logit_bias"), dict):  # token ids within the tiny vocabulary
+        bias = body["logit_bias"].items()  # (keys: token ids, which generators may not honour)
+        body["logit_bias"] = {str(int(k) % 300): v for k, v in bias if k.isascii() and k.isdigit()}
+    if isinstance(body.get("allowed_token_ids"), list):
+        body["allowed_token_ids"] = [
+            t % 300 if _is_int(t) else t for t in body["allowed_token_ids"]
+        ]
 
 
 @schemathesis.hook

@@ -28,10 +28,15 @@ _EXPORTS = {
     "RequestMetrics": "leaflm.engine.outputs",
     "RequestOutput": "leaflm.engine.outputs",
     "SamplingParams": "leaflm.engine.sampling_params",
+    "BeamSearchOutput": "leaflm.engine.beam_search",
+    "BeamSearchParams": "leaflm.engine.beam_search",
+    "BeamSearchSequence": "leaflm.engine.beam_search",
+    "StructuredOutputsParams": "leaflm.engine.structured_outputs",
 }
 
 if TYPE_CHECKING:
     from leaflm.engine.async_llm import AsyncLLM
+    from leaflm.engine.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
     from leaflm.engine.config import EngineArgs
     from leaflm.engine.engine import LLMEngine
     from leaflm.engine.llm import LLM
@@ -43,6 +48,7 @@ if TYPE_CHECKING:
         RequestOutput,
     )
     from leaflm.engine.sampling_params import SamplingParams
+    from leaflm.engine.structured_outputs import StructuredOutputsParams
 
 
 def __getattr__(name: str) -> Any:
@@ -63,6 +69,9 @@ __version__ = "0.1.0"
 __all__ = [
     "LLM",
     "AsyncLLM",
+    "BeamSearchOutput",
+    "BeamSearchParams",
+    "BeamSearchSequence",
     "CompletionOutput",
     "EngineArgs",
     "EngineStats",
@@ -71,5 +80,6 @@ __all__ = [
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
+    "StructuredOutputsParams",
     "__version__",
 ]

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from leaflm.engine.beam_search import BeamSearchParams
 from leaflm.engine.config import EngineArgs
 from leaflm.engine.engine import LLMEngine
 from leaflm.engine.outputs import EngineStats, RequestOutput
@@ -63,7 +64,7 @@ class AsyncLLM:
     async def generate(
         self,
         prompt: str | list[int],
-        sampling_params: SamplingParams | None,
+        sampling_params: SamplingParams | BeamSearchParams | None,
         request_id: str,
     ) -> AsyncIterator[RequestOutput]:
         """Stream outputs of one request, shaped by `sampling_params.output_kind`."""
@@ -72,9 +73,11 @@ class AsyncLLM:
         if self._error is not None:
             raise RuntimeError("the engine loop failed") from self._error
         params = sampling_params if sampling_params is not None else SamplingParams()
-        if not isinstance(params, SamplingParams):
+        if not isinstance(params, (SamplingParams, BeamSearchParams)):
             raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
-        _, prompt_ids = self.engine.tokenize(prompt)  # errors surface before any yield
+        # Errors surface before any yield.
+        truncate = getattr(params, "truncate_prompt_tokens", None)
+        _, prompt_ids = self.engine.tokenize(prompt, truncate)
         stream = _Stream(asyncio.get_running_loop())
         with self._lock:
             if request_id in self._streams:

@@ -15,10 +15,12 @@ import random
 import time
 from typing import Any
 
+from leaflm.engine.beam_search import BeamSearcher, BeamSearchParams
 from leaflm.engine.block_manager import BlockManager
 from leaflm.engine.config import EngineArgs, ModelConfig
 from leaflm.engine.engine_setup import load_model_config, size_kv_cache
 from leaflm.engine.executor import make_executor
+from leaflm.engine.layers.logit_controls import prepare_request
 from leaflm.engine.layers.sampler import Sampler
 from leaflm.engine.model_runner import take_rows
 from leaflm.engine.output_processor import OutputProcessor
@@ -26,6 +28,7 @@ from leaflm.engine.outputs import EngineStats, RequestMetrics, RequestOutput
 from leaflm.engine.sampling_params import SamplingParams
 from leaflm.engine.scheduler import Scheduler, SchedulerOutput
 from leaflm.engine.sequence import Request, Sequence
+from leaflm.engine.structured_outputs import GrammarCache
 
 _SEED_MASK = (1 << 63) - 1
 logger = logging.getLogger(__name__)
@@ -65,6 +68,8 @@ class LLMEngine:
         )
         self.sampler = Sampler(self.vocab_size, self.executor.driver_device)
         self.outputs = OutputProcessor(self.tokenizer, mc.max_model_len)
+        self.beam_search = BeamSearcher(self)
+        self.grammars = GrammarCache(self.tokenizer, self.vocab_size, sorted(self.eos_token_ids))
         self.rng = random.Random(args.seed)
         self.requests: dict[str, Request] = {}
         self._next_seq_id = 0
@@ -72,8 +77,13 @@ class LLMEngine:
         self.generation_tokens_total = 0
 
     # -- requests ----------------------------------------------------------------------------
-    def tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
-        """(prompt text or None, token ids), validating what users may pass as a prompt."""
+    def tokenize(
+        self, prompt: str | list[int], truncate_prompt_tokens: int | None = None
+    ) -> tuple[str | None, list[int]]:
+        """(prompt text or None, token ids), validating what users may pass as a prompt.
+
+        `truncate_prompt_tokens` keeps only that many of the prompt's last tokens.
+        """
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt)
             text: str | None = prompt
@@ -87,6 +97,8 @@ class LLMEngine:
             )
         if not ids:
             raise ValueError("prompt must not be empty")
+        if truncate_prompt_tokens is not None:
+            ids = ids[-truncate_prompt_tokens:]
         vocab = self.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
@@ -104,15 +116,24 @@ class LLMEngine:
         self,
         request_id: str,
         prompt: str | list[int],
-        params: SamplingParams | None = None,
+        params: SamplingParams | BeamSearchParams | None = None,
         arrival_time: float | None = None,
         prompt_token_ids: list[int] | None = None,
     ) -> None:
         """Validate and queue a request; raises ValueError for bad input.
 
         `prompt_token_ids`, when given, are the already-validated tokens of a text `prompt`.
+        `BeamSearchParams` make it a beam search request (see beam_search.py).
         """
         params = params if params is not None else SamplingParams()
+        beam = None
+        if isinstance(params, BeamSearchParams):
+            if params.beam_width > self.args.max_num_seqs:
+                raise ValueError(
+                    f"beam_width must be <= max_num_seqs ({self.args.max_num_seqs}), "
+                    f"got {params.beam_width}"
+                )
+            beam, params = params, params.sampling_params()
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
         if request_id in self.requests:
@@ -124,12 +145,17 @@ class LLMEngine:
         if prompt_token_ids is not None and isinstance(prompt, str):
             text, ids = prompt, list(prompt_token_ids)
         else:
-            text, ids = self.tokenize(prompt)
+            text, ids = self.tokenize(prompt, params.truncate_prompt_tokens)
         metrics = RequestMetrics(arrival_time or time.monotonic())
         req = Request(request_id, text, ids, params, metrics, self.eos_token_ids)
+        prepare_request(
+            req, self.tokenizer, self.vocab_size, self.executor.driver_device, self.grammars
+        )
         seed = params.seed if params.seed is not None else self.rng.getrandbits(63)
         seq = Sequence(self._new_seq_id(), req, 0, seed & _SEED_MASK)
         req.seqs.append(seq)
+        if beam is not None:
+            self.beam_search.add(req, seq, beam)
         self.requests[request_id] = req
         self.scheduler.add(seq)
         self.prompt_tokens_total += len(ids)
@@ -140,6 +166,7 @@ class LLMEngine:
         if req is None:
             return None
         req.aborted = True
+        self.beam_search.discard(request_id)
         for seq in req.seqs:
             if not seq.is_finished:
                 seq.finish_reason = "abort"
@@ -152,6 +179,8 @@ class LLMEngine:
     # -- the step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         sched = self.scheduler.schedule()
+        if self.beam_search.groups:
+            self.beam_search.release_blocked()
         if sched.empty:
             return []
         now = time.monotonic()
@@ -194,8 +223,11 @@ class LLMEngine:
         if prompt_targets:
             self.outputs.add_prompt_logprobs(logits, prompt_targets)
         sample_seqs, sample_rows = self._fork(samplers)
+        beam_outs = []
+        if self.beam_search.groups:  # takes its sequences out of sample_seqs / sample_rows
+            beam_outs = self.beam_search.step(logits, sample_seqs, sample_rows)
         if not sample_seqs:
-            return []
+            return beam_outs
         result = self.sampler(take_rows(logits, sample_rows), sample_seqs)
 
         touched: dict[str, Request] = {}
@@ -220,7 +252,7 @@ class LLMEngine:
             out = self.outputs.make_output(req)
             if out is not None:
                 outs.append(out)
-        return outs
+        return outs + beam_outs
 
     def _fork(self, samplers: list[tuple[Sequence, int]]) -> tuple[list[Sequence], list[int]]:
         """Sequences to sample and their logits rows; forks n/best_of siblings after prefill."""

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from leaflm.engine.beam_search import BeamSearchOutput, BeamSearchParams, to_beam_output
 from leaflm.engine.config import EngineArgs
 from leaflm.engine.engine import LLMEngine
 from leaflm.engine.outputs import RequestOutput
@@ -70,6 +71,38 @@ class LLM:
                 engine.abort(request_id)
             raise
 
+    def beam_search(
+        self,
+        prompts: PromptType | dict | list[PromptType | dict],
+        params: BeamSearchParams,
+        use_tqdm: bool = False,
+    ) -> list[BeamSearchOutput]:
+        """Beam search for every prompt (string, token ids, {"prompt"} or {"prompt_token_ids"}).
+
+        Returns one BeamSearchOutput per prompt, in input order, its sequences best first.
+        """
+        if not isinstance(params, BeamSearchParams):
+            raise ValueError(f"params must be BeamSearchParams, got {type(params).__name__}")
+        if isinstance(prompts, (str, dict)) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        ):
+            prompts = [prompts]  # type: ignore[list-item]
+        if not isinstance(prompts, (list, tuple)):
+            raise ValueError(f"prompts must be a string or a list, got {type(prompts).__name__}")
+        engine = self.llm_engine
+        ids = []
+        try:
+            for prompt in prompts:
+                request_id = str(next(self._ids))
+                engine.add_request(request_id, _prompt_of(prompt), params)
+                ids.append(request_id)
+            outs = self._run(ids, use_tqdm)
+        except BaseException:
+            for request_id in ids:
+                engine.abort(request_id)
+            raise
+        return [to_beam_output(out, params.length_penalty) for out in outs]
+
     def chat(
         self,
         messages: list[dict] | list[list[dict]],
@@ -118,3 +151,14 @@ class LLM:
         if bar is not None:
             bar.close()
         return [results[i] for i in ids]
+
+
+def _prompt_of(prompt: Any) -> PromptType:
+    """A prompt as a string or token ids, from vLLM's dict forms too."""
+    if isinstance(prompt, dict):
+        if "prompt_token_ids" in prompt:
+            return prompt["prompt_token_ids"]
+        if "prompt" in prompt:
+            return prompt["prompt"]
+        raise ValueError("a prompt dict needs a 'prompt' or a 'prompt_token_ids' key")
+    return prompt

@@ -7,7 +7,10 @@ field and the bad value, because that message reaches API users through the gate
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from leaflm.engine.structured_outputs import StructuredOutputsParams
 
 OUTPUT_KINDS = ("cumulative", "delta", "final_only")
 
@@ -35,6 +38,11 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    truncate_prompt_tokens: int | None = None
+    structured_outputs: StructuredOutputsParams | None = None
     output_kind: str = "cumulative"
 
     def __post_init__(self) -> None:
@@ -112,8 +120,53 @@ class SamplingParams:
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a boolean, got {getattr(self, name)!r}")
+        self._check_logit_controls(_num)
         if self.output_kind not in OUTPUT_KINDS:
             raise ValueError(f"output_kind must be one of {OUTPUT_KINDS}, got {self.output_kind!r}")
+
+    def _check_logit_controls(self, _num: Callable[[str, object], float]) -> None:
+        def token_id(name: str, t: object) -> int:
+            if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+                raise ValueError(f"{name} must hold non-negative integer token ids, got {t!r}")
+            return t
+
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                raise ValueError(
+                    f"logit_bias must be a dict of token id -> bias, got {self.logit_bias!r}"
+                )
+            bias = {}
+            for key, value in self.logit_bias.items():
+                value = _num(f"logit_bias[{key!r}]", value)
+                if not -100.0 <= value <= 100.0:
+                    raise ValueError(
+                        f"logit_bias values must be in [-100, 100], got {value} for {key!r}"
+                    )
+                bias[token_id("logit_bias", key)] = value
+            self.logit_bias = bias or None
+        if self.allowed_token_ids is not None:
+            ids = self.allowed_token_ids
+            if not isinstance(ids, (list, tuple)) or not ids:
+                raise ValueError(
+                    f"allowed_token_ids must be a non-empty list of token ids, got {ids!r}"
+                )
+            self.allowed_token_ids = [token_id("allowed_token_ids", t) for t in ids]
+        if self.bad_words is not None:
+            words = self.bad_words
+            if not isinstance(words, (list, tuple)) or not all(
+                isinstance(w, str) and w for w in words
+            ):
+                raise ValueError(f"bad_words must be a list of non-empty strings, got {words!r}")
+            self.bad_words = list(words) or None
+        if self.truncate_prompt_tokens is not None:
+            k = self.truncate_prompt_tokens
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ValueError(f"truncate_prompt_tokens must be an integer >= 1, got {k!r}")
+        so = self.structured_outputs
+        if so is not None and not isinstance(so, StructuredOutputsParams):
+            raise ValueError(
+                f"structured_outputs must be StructuredOutputsParams, got {type(so).__name__}"
+            )
 
     @staticmethod
     def _check_stop(stop: object) -> list[str]:

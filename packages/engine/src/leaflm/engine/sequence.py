@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import enum
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+
+    from leaflm.engine.beam_search import BeamGroup
     from leaflm.engine.detokenizer import IncrementalDetokenizer
     from leaflm.engine.outputs import Logprob, RequestMetrics
     from leaflm.engine.sampling_params import SamplingParams
@@ -52,6 +55,15 @@ class Request:
         )
         self.forked = False
         self.aborted = False
+        self.beam: BeamGroup | None = None  # set for beam search requests
+        # Logit controls, prepared once by the engine (see layers/logit_controls.py).
+        self.allowed_ids: torch.Tensor | None = None
+        self.bad_words_ids: list[list[int]] = []
+        self.logit_bias_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.grammar: Any = None  # an xgrammar CompiledGrammar (structured_outputs.py)
+        self.has_logit_controls = bool(
+            params.logit_bias or params.allowed_token_ids or params.bad_words
+        )
 
     @property
     def needs_prompt_logprobs(self) -> bool:
@@ -85,6 +97,7 @@ class Sequence:
             [] if request.params.logprobs is not None else None
         )
         self.detokenizer: IncrementalDetokenizer | None = None
+        self.grammar_state: Any = None  # built from the tokens when first sampled
         self.text = ""
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None

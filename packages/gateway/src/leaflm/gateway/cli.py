@@ -191,6 +191,12 @@ def _add_limit_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--allow-credentials", action="store_true", help="CORS: allow credentials (default: off)"
     )
+    p.add_argument(
+        "--tool-call-parser",
+        default=d.tool_call_parser,
+        choices=["hermes", "json"],
+        help='how tool_choice="auto" answers are parsed for tool calls (default: %(default)s)',
+    )
 
 
 def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
@@ -211,6 +217,7 @@ def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
         allowed_methods=args.allowed_methods,
         allowed_headers=args.allowed_headers,
         allow_credentials=args.allow_credentials,
+        tool_call_parser=args.tool_call_parser,
     )
 
 

@@ -22,10 +22,7 @@ logger = logging.getLogger("leaflm.gateway")
 TGI_PATHS = ("/", "/generate", "/generate_stream")
 
 UNSUPPORTED = frozenset(
-    {"logit_bias", "response_format", "tools", "tool_choice", "functions", "function_call",
-     "parallel_tool_calls", "use_beam_search", "structured_outputs", "guided_json",
-     "guided_regex", "guided_choice", "guided_grammar", "suffix",
-     "typical_p", "grammar", "adapter_id", "watermark"}
+    {"functions", "function_call", "suffix", "typical_p", "adapter_id", "watermark"}
 )  # fmt: skip
 """Parameters leaflm knows and does not implement (typed `null` in the request schemas):
 setting one is a 400 (TGI: 422) that names it, never a silently ignored field."""

@@ -23,11 +23,13 @@ from leaflm.gateway.schemas.openai import (
 )
 from leaflm.gateway.schemas.tgi import GenerateParameters
 from leaflm.gateway.state import Gateway
+from leaflm.gateway.structured import beam_params, logit_controls, openai_structured, tgi_structured
 
 SAMPLING_FIELDS = (
     "n", "best_of", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "seed", "stop", "stop_token_ids", "ignore_eos",
-    "max_tokens", "min_tokens", "logprobs", "prompt_logprobs", "top_logprobs",
+    "max_tokens", "min_tokens", "logprobs", "prompt_logprobs", "top_logprobs", "logit_bias",
+    "allowed_token_ids", "bad_words", "truncate_prompt_tokens",
 )  # fmt: skip
 
 
@@ -120,12 +122,18 @@ def _common(req: SamplingExtras) -> dict[str, Any]:
         "repetition_penalty": req.repetition_penalty,
     }
     kwargs.update({k: v for k, v in optional.items() if v is not None})
+    kwargs.update(logit_controls(req))
+    structured = openai_structured(req)
+    if structured is not None:
+        kwargs["structured_outputs"] = structured[1]
     return kwargs
 
 
 def completion_params(req: CompletionRequest, max_tokens: int) -> Any:
     """max_tokens 0 (echo only) runs one step for the prompt's logprobs; the route drops the
     sampled token, as vLLM does."""
+    if req.use_beam_search:
+        return beam_params(req, max_tokens)
     kwargs = _common(req)
     kwargs["max_tokens"] = max(max_tokens, 1)
     if max_tokens == 0:
@@ -138,6 +146,8 @@ def completion_params(req: CompletionRequest, max_tokens: int) -> Any:
 
 
 def chat_params(req: ChatCompletionRequest, max_tokens: int) -> Any:
+    if req.use_beam_search:
+        return beam_params(req, max_tokens)
     kwargs = _common(req)
     kwargs["max_tokens"] = max_tokens
     kwargs["logprobs"] = (req.top_logprobs or 0) if req.logprobs else None
@@ -191,9 +201,22 @@ def tgi_params(p: GenerateParameters, max_new_tokens: int, seed: int | None) -> 
         "prompt_logprobs": 0 if p.decoder_input_details else None,
         "output_kind": "delta",
     }
+    if p.grammar is not None:
+        kwargs["structured_outputs"] = tgi_structured(p.grammar)
     if (p.best_of or 1) > 1 and not sampling:
         raise bad_request("best_of > 1 requires sampling (do_sample=true)", param="best_of")
     return make_params(**kwargs)
+
+
+def precompile(gw: Gateway, params: list[Any], param: str) -> None:
+    """Compile the requests' grammars now (off the event loop), so a bad one is a 400
+    naming `param`; the engine's grammar cache then has them."""
+    from leaflm.gateway.structured import compile_or_400
+
+    for sp in params:
+        spec = getattr(sp, "structured_outputs", None)
+        if spec is not None:
+            compile_or_400(gw, spec, param)
 
 
 def openai_finish_reason(reason: str | None) -> str | None:

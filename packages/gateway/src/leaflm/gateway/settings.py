@@ -30,6 +30,8 @@ class GatewaySettings:
         timeout_request_header_s: a connection that has not sent a whole request head
             within this long is closed (slow or idle clients cannot hold sockets).
         limit_concurrency: most connections at once; more get 503 (None = no limit).
+        tool_call_parser: how `tool_choice: "auto"` answers are read for tool calls:
+            "hermes" (`<tool_call>` JSON blocks) or "json" (the whole answer is the call).
     """
 
     api_key: str | None = None
@@ -51,6 +53,7 @@ class GatewaySettings:
     timeout_keep_alive_s: float = 5.0
     timeout_request_header_s: float = 10.0
     limit_concurrency: int | None = None
+    tool_call_parser: str = "hermes"
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key:
@@ -66,6 +69,10 @@ class GatewaySettings:
         for name in ("shutdown_timeout_s", "timeout_keep_alive_s", "timeout_request_header_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.tool_call_parser not in ("hermes", "json"):
+            raise ValueError(
+                f"tool_call_parser must be 'hermes' or 'json', got {self.tool_call_parser!r}"
+            )
         if self.limit_concurrency is not None and self.limit_concurrency < 1:
             raise ValueError(
                 f"limit_concurrency must be >= 1 or None, got {self.limit_concurrency}"

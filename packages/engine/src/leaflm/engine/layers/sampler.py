@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from leaflm import kernels
+from leaflm.engine.layers.logit_controls import apply_logit_controls
 from leaflm.engine.sequence import Sequence
+from leaflm.engine.structured_outputs import apply_grammar_masks
 
 
 @dataclass
@@ -41,10 +43,17 @@ class Sampler:
         params = [s.request.params for s in seqs]
         need_lp = any(wants_logprobs(s) for s in seqs)
         raw = logits
-        if any(p.uses_penalties for p in params):
-            if need_lp:
-                raw = logits.clone()
+        penalties = any(p.uses_penalties for p in params)
+        controls = any(s.request.has_logit_controls for s in seqs)
+        grammar = any(s.request.grammar is not None for s in seqs)
+        if need_lp and (penalties or controls or grammar):
+            raw = logits.clone()  # logprobs are those of the raw distribution
+        if penalties:
             self._apply_penalties(logits, seqs)
+        if controls:
+            apply_logit_controls(logits, seqs)
+        if grammar:
+            apply_grammar_masks(logits, seqs)
         dev = self.device
         ids = kernels.sample(
             logits,

@@ -31,14 +31,26 @@ from leaflm.gateway.sampling import (
     chat_params,
     check_max_tokens,
     openai_finish_reason,
+    precompile,
     validate_openai,
 )
 from leaflm.gateway.schemas.openai import ChatCompletion, ChatCompletionRequest, ChatMessage
 from leaflm.gateway.state import Gateway
 from leaflm.gateway.streams import SSE_DONE, close_quietly, sse
+from leaflm.gateway.structured import structured_param, truncate_prompts
+from leaflm.gateway.tools import (
+    ToolPlan,
+    ToolStream,
+    check_tool_calls,
+    constrain,
+    message_and_reason,
+    plan_tools,
+    template_messages,
+    template_supports_tools,
+)
 
 
-def _plain(messages: list[ChatMessage]) -> list[dict[str, str]]:
+def _plain(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     """Messages as the chat template expects them (text content only)."""
     if not messages:
         raise bad_request("messages must not be empty", param="messages")
@@ -55,20 +67,34 @@ def _plain(messages: list[ChatMessage]) -> list[dict[str, str]]:
                     )
                 texts.append(part.text)
             content = "".join(texts)
-        plain.append({"role": m.role, "content": content or ""})
+        entry: dict[str, Any] = {"role": m.role, "content": content or ""}
+        extra = m.model_extra or {}
+        if m.role == "assistant" and extra.get("tool_calls"):
+            entry["tool_calls"] = check_tool_calls(extra["tool_calls"], i)
+        if m.role == "tool":
+            if not isinstance(extra.get("tool_call_id"), str):
+                raise bad_request(f"messages[{i}]: a tool message needs a tool_call_id", "messages")
+            entry["tool_call_id"] = extra["tool_call_id"]
+        plain.append(entry)
     return plain
 
 
-def render_chat(gw: Gateway, messages: list[ChatMessage], add_generation_prompt: bool) -> Prompt:
+def render_chat(
+    gw: Gateway,
+    messages: list[ChatMessage],
+    add_generation_prompt: bool,
+    plan: ToolPlan | None = None,
+) -> Prompt:
     """The prompt the chat template makes of these messages (CPU work: call it off the loop)."""
     tok = gw.tokenizer
     if not getattr(tok, "chat_template", None):
         raise bad_request("this model has no chat template; use /v1/completions", param="messages")
     plain = _plain(messages)
     check_prompt_size(gw, "".join(m["content"] for m in plain), param="messages")
+    plain, tools = template_messages(plain, plan, template_supports_tools(tok))
     try:
         text = tok.apply_chat_template(
-            plain, tokenize=False, add_generation_prompt=add_generation_prompt
+            plain, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
         )
     except Exception as exc:  # jinja raises its own errors for messages it cannot render
         raise bad_request(f"messages could not be rendered by the chat template: {exc}") from exc
@@ -87,16 +113,21 @@ def _choice_logprobs(gw: Gateway, body: ChatCompletionRequest, c: Any) -> dict |
     )
 
 
-def _response(gw: Gateway, body: ChatCompletionRequest, rid: str, result: PromptResult) -> dict:
-    choices = [
-        {
-            "index": j,
-            "message": {"role": "assistant", "content": c.text, "refusal": None},
-            "logprobs": _choice_logprobs(gw, body, c),
-            "finish_reason": openai_finish_reason(c.finish_reason),
-        }
-        for j, c in enumerate(result.ordered())
-    ]
+def _response(
+    gw: Gateway, body: ChatCompletionRequest, rid: str, result: PromptResult,
+    plan: ToolPlan | None = None,
+) -> dict:  # fmt: skip
+    choices = []
+    for j, c in enumerate(result.ordered()):
+        message, reason = message_and_reason(c.text, openai_finish_reason(c.finish_reason), plan)
+        choices.append(
+            {
+                "index": j,
+                "message": message,
+                "logprobs": _choice_logprobs(gw, body, c),
+                "finish_reason": reason,
+            }
+        )
     return {
         "id": rid,
         "object": "chat.completion",
@@ -115,7 +146,7 @@ def _response(gw: Gateway, body: ChatCompletionRequest, rid: str, result: Prompt
 
 async def _stream(
     gw: Gateway, body: ChatCompletionRequest, rid: str, prompt: Prompt,
-    outputs: AsyncIterator[tuple[int, Any]],
+    outputs: AsyncIterator[tuple[int, Any]], plan: ToolPlan | None = None,
 ) -> AsyncIterator[str]:  # fmt: skip
     created, include_usage = now(), bool(body.stream_options and body.stream_options.include_usage)
     result = PromptResult(prompt)
@@ -139,9 +170,22 @@ async def _stream(
                 [{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                   "finish_reason": None}]
             )  # fmt: skip
+        tool_streams: dict[int, ToolStream] = {}  # tool answers are parsed as they end
         async for _, out in outputs:
             result.add(out)
             for c in out.outputs:
+                if plan is not None and plan.choice != "none":
+                    ts = tool_streams.setdefault(c.index, ToolStream(plan))
+                    text = result.completions[c.index].text
+                    content = ts.feed(text)
+                    pieces = (
+                        [{"delta": {"content": content}, "finish_reason": None}] if content else []
+                    )
+                    if c.finish_reason is not None:
+                        pieces += ts.finish(text, openai_finish_reason(c.finish_reason))
+                    for piece in pieces:
+                        yield chunk([{"index": c.index, "logprobs": None, **piece}])
+                    continue
                 choice = {
                     "index": c.index,
                     "delta": {"content": c.text} if c.text or c.finish_reason is None else {},
@@ -167,16 +211,22 @@ router = APIRouter()
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     async def respond(gw: Gateway) -> Any:
         validate_openai(gw, body)
-        prompt = await run_in_threadpool(render_chat, gw, body.messages, body.add_generation_prompt)
+        plan = plan_tools(body, gw.settings.tool_call_parser)
+        prompt = await run_in_threadpool(
+            render_chat, gw, body.messages, body.add_generation_prompt, plan
+        )
+        prompt = truncate_prompts(gw, [prompt], body.truncate_prompt_tokens)[0]
         field = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
         requested = getattr(body, field)
         max_tokens = check_max_tokens(requested, len(prompt.token_ids), gw.max_model_len, field)
-        params = chat_params(body, max_tokens)
+        params = constrain(chat_params(body, max_tokens), plan)
+        param = "tools" if plan is not None and plan.schema() else structured_param(body)
+        await run_in_threadpool(precompile, gw, [params], param)
         rid = new_id("chatcmpl")
         if body.stream:
             outputs = await first_or_400(run(gw, [prompt], [params], rid))
-            return _stream(gw, body, rid, prompt, outputs), None
+            return _stream(gw, body, rid, prompt, outputs, plan), None
         results = await collect(gw, [prompt], [params], rid)
-        return _response(gw, body, rid, results[0])
+        return _response(gw, body, rid, results[0], plan)
 
     return await serve_generation(request, body.model, respond)

@@ -31,11 +31,13 @@ from leaflm.gateway.sampling import (
     check_max_tokens,
     completion_params,
     openai_finish_reason,
+    precompile,
     validate_openai,
 )
 from leaflm.gateway.schemas.openai import Completion, CompletionRequest
 from leaflm.gateway.state import Gateway
 from leaflm.gateway.streams import SSE_DONE, close_quietly, sse
+from leaflm.gateway.structured import structured_param, truncate_prompts
 
 router = APIRouter()
 
@@ -194,6 +196,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
                 "max_tokens=0 (prompt scoring) cannot be streamed", param="max_tokens"
             )
         prompts = await run_in_threadpool(_tokenize_all, gw, _split_prompts(gw, body.prompt))
+        prompts = truncate_prompts(gw, prompts, body.truncate_prompt_tokens)
         params = [
             completion_params(
                 body,
@@ -203,6 +206,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
             )
             for p in prompts
         ]
+        await run_in_threadpool(precompile, gw, params, structured_param(body))
         rid = new_id("cmpl")
         if body.stream:
             outputs = await first_or_400(run(gw, prompts, params, rid))

@@ -26,6 +26,7 @@ from leaflm.gateway.routes.common import first_or_400, serve_generation
 from leaflm.gateway.sampling import (
     TGI_MAX_BEST_OF,
     check_max_tokens,
+    precompile,
     tgi_finish_reason,
     tgi_params,
     validate_tgi,
@@ -119,7 +120,9 @@ async def _prepare(
     seeds: list[int | None] = [p.seed]
     if p.seed is None and _sampling(p):
         seeds = [secrets.randbits(63) for _ in range(max(p.best_of or 1, 1))]
-    return prompt, p, [tgi_params(p, max_new, s) for s in seeds], seeds
+    params = [tgi_params(p, max_new, s) for s in seeds]
+    await run_in_threadpool(precompile, gw, params, "grammar")
+    return prompt, p, params, seeds
 
 
 async def _generate(gw: Gateway, body: GenerateRequest) -> dict:

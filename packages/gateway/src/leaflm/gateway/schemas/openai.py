@@ -24,6 +24,9 @@ from leaflm.gateway.schemas.types import (
     Unsupported,
 )
 
+TokenIdKey = Annotated[str, Field(pattern=r"^[0-9]+$")]
+"""A token id as a JSON object key (`logit_bias`)."""
+
 
 class StreamOptions(BaseModel):
     include_usage: StrictBool = False
@@ -55,20 +58,24 @@ class SamplingExtras(BaseModel):
     include_stop_str_in_output: StrictBool = False
     prompt_logprobs: Int(ge=0, le=20) | None = None  # type: ignore[valid-type]
     return_tokens_as_token_ids: StrictBool = False  # logprob tokens as "token_id:<id>" (vLLM)
+    # Logit controls and structured outputs (gateway/structured.py), beam search (vLLM).
+    logit_bias: dict[TokenIdKey, Num(ge=-100, le=100)] | None = None  # type: ignore[valid-type]
+    allowed_token_ids: Annotated[list[TokenId], Field(min_length=1)] | None = None
+    bad_words: list[NonEmptyStr] | None = None
+    truncate_prompt_tokens: Int(ge=1) | None = None  # type: ignore[valid-type]
+    response_format: dict[str, Any] | None = (
+        None  # {"type": "text" | "json_object" | "json_schema"}
+    )
+    structured_outputs: dict[str, Any] | None = None  # one of json, regex, choice, grammar
+    guided_json: NonEmptyStr | dict[str, Any] | None = None
+    guided_regex: NonEmptyStr | None = None
+    guided_choice: Annotated[list[NonEmptyStr], Field(min_length=1)] | None = None
+    guided_grammar: NonEmptyStr | None = None
+    use_beam_search: StrictBool = False
+    length_penalty: Num() = 1.0  # type: ignore[valid-type]
     # Known but not implemented: typed null, a 400 naming them when set (errors.UNSUPPORTED).
-    logit_bias: Unsupported = None
-    response_format: Unsupported = None
-    tools: Unsupported = None
-    tool_choice: Unsupported = None
     functions: Unsupported = None
     function_call: Unsupported = None
-    parallel_tool_calls: Unsupported = None
-    use_beam_search: Unsupported = None
-    structured_outputs: Unsupported = None
-    guided_json: Unsupported = None
-    guided_regex: Unsupported = None
-    guided_choice: Unsupported = None
-    guided_grammar: Unsupported = None
 
 
 class CompletionRequest(SamplingExtras):
@@ -99,6 +106,10 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingExtras):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    # Tool calling (gateway/tools.py).
+    tools: list[dict[str, Any]] | None = None  # [{"type": "function", "function": {...}}]
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
     max_tokens: Int(ge=1) | None = None  # type: ignore[valid-type]
     max_completion_tokens: Int(ge=1) | None = None  # type: ignore[valid-type]
     logprobs: StrictBool = False
@@ -164,17 +175,29 @@ class ChatLogprobs(BaseModel):
     refusal: list[TokenLogprob] | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as a string
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -191,13 +214,14 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's tool-call deltas (with index)
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: Delta
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -6,7 +6,7 @@ mostly as null, and sampling values such as `temperature: 0.01` or `top_p: 0.99`
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -33,7 +33,7 @@ class GenerateParameters(BaseModel):
     truncate: Int(ge=0) | None = None  # type: ignore[valid-type]
     typical_p: Unsupported = None
     watermark: Literal[False] = False  # not implemented: true is a 422
-    grammar: Unsupported = None
+    grammar: dict[str, Any] | None = None  # {"type": "json" | "regex", "value": ...}
     adapter_id: Unsupported = None  # LoRA adapters
 
 

@@ -62,7 +62,13 @@ class Worker:
             timeout=GROUP_TIMEOUT,
             device_id=device if device.type == "cuda" else None,
         )
-        set_tensor_parallel(self.rank, self.world_size, dist.group.WORLD)
+        shm = None
+        if device.type == "cpu" and os.environ.get("LEAFLM_TP_SHM", "1") != "0":
+            from leaflm.engine.shm_all_reduce import connect
+
+            shm = connect(self.rank, self.world_size, dist.group.WORLD)
+        self.shm = shm
+        set_tensor_parallel(self.rank, self.world_size, dist.group.WORLD, shm)
         return os.getpid()
 
     def load_model(self) -> None:
@@ -108,5 +114,9 @@ class Worker:
     def close(self) -> None:
         import torch.distributed as dist
 
+        if getattr(self, "shm", None) is not None:
+            set_tensor_parallel(0, 1)
+            self.shm.close()
+            self.shm = None
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -23,24 +23,16 @@ import pytest
 
 from leaflm.engine import LLM, SamplingParams
 from leaflm.engine.executor import WorkerFailedError
+from leaflm.engine.testing import process_alive
 
 DRIVER = Path(__file__).with_name("tp_driver.py")
 
 
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie or a missing pid is not running)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def wait_gone(pids: list[int], timeout_s: float = 15.0) -> list[int]:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
+    while time.monotonic() < deadline and any(process_alive(p) for p in pids):
         time.sleep(0.1)
-    return [p for p in pids if alive(p)]
+    return [p for p in pids if process_alive(p)]
 
 
 def tp_llm(model_dir) -> LLM:
@@ -87,7 +79,7 @@ def test_worker_exception_fails_with_its_traceback(llama_dir):
 def test_shutdown_and_garbage_collection_end_the_workers(llama_dir):
     llm = tp_llm(llama_dir)
     pids = llm.llm_engine.executor.pids
-    assert all(alive(p) for p in pids)
+    assert all(process_alive(p) for p in pids)
     llm.shutdown()
     assert wait_gone(pids) == []
     llm = tp_llm(llama_dir)
@@ -109,7 +101,7 @@ def test_workers_end_with_their_driver_process(llama_dir, how):
         line = driver.stdout.readline()
         assert line, "driver exited before its engine started"
         pids = json.loads(line)["pids"]
-        assert len(pids) == 2 and all(alive(p) for p in pids)
+        assert len(pids) == 2 and all(process_alive(p) for p in pids)
         if how == "sigterm":
             driver.send_signal(signal.SIGTERM)
         elif how == "ctrl-c":

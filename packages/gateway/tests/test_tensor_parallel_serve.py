@@ -18,6 +18,7 @@ import time
 import httpx
 import pytest
 
+from leaflm.engine.testing import process_alive
 from leaflm.gateway.server import free_port
 
 MODEL = "tp-tiny-llama"
@@ -42,14 +43,6 @@ def children(pid: int) -> list[int]:
 def cmdline(pid: int) -> bytes:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read()
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture()
@@ -124,6 +117,6 @@ def test_tp2_server_smoke_then_worker_death(tp_server, tiny_model_dir):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     deadline = time.monotonic() + 15
-    while any(alive(p) for p in everything) and time.monotonic() < deadline:
+    while any(process_alive(p) for p in everything) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [p for p in everything if alive(p)]
+    assert not [p for p in everything if process_alive(p)]

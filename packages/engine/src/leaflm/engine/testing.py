@@ -415,3 +415,13 @@ def assert_greedy_parity(
         worst = max((abs(a - b) for a, b in zip(got, ref_lps, strict=True)), default=0.0)
         if worst > tol:
             raise AssertionError(f"{where}: a chosen token's logprob is {worst:.2e} off HF's")
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie or a missing pid is not running): for tests that
+    check no worker outlives its engine."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

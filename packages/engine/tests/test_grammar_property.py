@@ -105,3 +105,18 @@ def test_bitmask_agrees_with_grammar(grammar_env, schema, choices):
         assert out[-1] == tok.eos_token_id
         text = tok.decode(out[:-1])
         jsonschema.validate(json.loads(text), schema)
+
+
+@pytest.mark.parametrize("schema", [{"type": "string"}, {"type": "string", "maxLength": 1}])
+def test_json_strings_are_valid_utf8(grammar_env, schema):
+    """xgrammar admits UTF-8-encoded surrogates in strings (found by the property above:
+    three U+FFFD where maxLength is 1); leaflm's compiled grammars refuse them."""
+    _, _, cache = grammar_env
+    compiled = cache.compile(StructuredOutputsParams(json=schema))
+
+    def accepts(raw: bytes) -> bool:
+        return xgr.GrammarMatcher(compiled, terminate_without_stop_token=True).accept_string(raw)
+
+    assert accepts('"é"'.encode()) and accepts('"\u8000"'.encode())
+    assert not accepts(b'"\xed\xa0\x80"')  # U+D800
+    assert not accepts(b'"\x01"')  # a raw control character

@@ -147,10 +147,11 @@ class GrammarCache:
             return compiled
 
 
-# xgrammar's grammar for a length-limited JSON string admits raw control characters, which
-# JSON forbids (its unlimited strings already exclude them): narrow that character class.
-_LOOSE_STRING_CHAR = r"[^\"\\\r\n]"
-_JSON_STRING_CHAR = r"[^\0-\x1f\"\\]"
+# xgrammar's JSON string characters are too loose: a length-limited string admits raw
+# control characters (JSON forbids them), and every string admits UTF-8-encoded surrogates
+# (U+D800-DFFF: invalid UTF-8, decoded as three U+FFFD, which broke maxLength). Narrow both.
+_LOOSE_STRING_CHARS = (r"[^\"\\\r\n]", r"[^\0-\x1f\"\\\r\n]")
+_JSON_STRING_CHAR = r"[^\0-\x1f\"\\\uD800-\uDFFF]"
 
 
 def _compile_json_schema(compiler: Any, schema: str | dict) -> Any:
@@ -158,7 +159,9 @@ def _compile_json_schema(compiler: Any, schema: str | dict) -> Any:
 
     # Compact JSON (no free whitespace): with it, small models pad with spaces forever.
     ebnf = str(xgr.Grammar.from_json_schema(schema, any_whitespace=False))
-    fixed = ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR)
+    fixed = ebnf
+    for loose in _LOOSE_STRING_CHARS:
+        fixed = fixed.replace(loose, _JSON_STRING_CHAR)
     if fixed == ebnf:
         return compiler.compile_json_schema(schema, any_whitespace=False)
     return compiler.compile_grammar(fixed)

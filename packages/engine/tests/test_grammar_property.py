@@ -120,3 +120,20 @@ def test_json_strings_are_valid_utf8(grammar_env, schema):
     assert accepts('"é"'.encode()) and accepts('"\u8000"'.encode())
     assert not accepts(b'"\xed\xa0\x80"')  # U+D800
     assert not accepts(b'"\x01"')  # a raw control character
+
+
+@pytest.mark.parametrize("vocab", [49152, 1000, 33])
+def test_cpu_mask_equals_xgrammars_apply(vocab):
+    """leaflm's CPU bitmask application (faster than xgrammar's) masks exactly the same."""
+    from leaflm.engine.structured_outputs import unpack_bitmask
+
+    gen = torch.Generator().manual_seed(vocab)
+    words = -(-vocab // 32)
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (5, words), dtype=torch.int32, generator=gen)
+    bitmask[0] = -1  # all allowed
+    bitmask[1] = 0  # none allowed
+    logits = torch.randn(5, vocab, generator=gen)
+    expected = logits.clone()
+    xgr.apply_token_bitmask_inplace(expected, bitmask)
+    got = logits.masked_fill(~unpack_bitmask(bitmask, vocab), float("-inf"))
+    assert torch.equal(got, expected)

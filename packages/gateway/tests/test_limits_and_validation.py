@@ -106,11 +106,22 @@ def test_tgi_wrong_types_are_422(server, raw):
     assert r.status_code == 422 and r.json()["error_type"] == "validation"
 
 
-def test_echo_with_max_tokens_zero_scores_the_prompt(server, engine):
+def _engine_prompt_logprobs(engine, ids: list[int], top: int, request_id: str) -> list:
+    """The served engine's own prompt_logprobs for `ids` (the reference for the routes)."""
     import asyncio
 
     from leaflm.engine import SamplingParams
 
+    async def run():
+        params = SamplingParams(max_tokens=1, prompt_logprobs=top, temperature=0)
+        async for out in engine.generate(ids, params, request_id):
+            last = out
+        return last.prompt_logprobs
+
+    return asyncio.run(run())
+
+
+def test_echo_with_max_tokens_zero_scores_the_prompt(server, engine):
     prompt = "The river runs past the mill"
     r = _post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 0, "echo": True,
                                           "logprobs": 1, "temperature": 0})  # fmt: skip
@@ -122,13 +133,7 @@ def test_echo_with_max_tokens_zero_scores_the_prompt(server, engine):
     lps = choice["logprobs"]["token_logprobs"]
     assert len(lps) == len(ids) and lps[0] is None
 
-    async def reference():
-        params = SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0)
-        async for out in engine.generate(ids, params, "echo-reference"):
-            last = out
-        return last.prompt_logprobs
-
-    ref = asyncio.run(reference())
+    ref = _engine_prompt_logprobs(engine, ids, 1, "echo-reference")
     expected = [None] + [ref[q][t].logprob for q, t in enumerate(ids) if q > 0]
     assert lps[1:] == pytest.approx(expected[1:], abs=1e-5)
     r = _post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 0})
@@ -136,10 +141,6 @@ def test_echo_with_max_tokens_zero_scores_the_prompt(server, engine):
 
 
 def test_prompt_logprobs_equal_the_engine_s(server, engine):
-    import asyncio
-
-    from leaflm.engine import SamplingParams
-
     prompt = "one two three four"
     body = {"prompt": prompt, "max_tokens": 2, "temperature": 0, "prompt_logprobs": 2}
     r = _post(server, "/v1/completions", body)
@@ -147,13 +148,7 @@ def test_prompt_logprobs_equal_the_engine_s(server, engine):
     served = r.json()["choices"][0]["prompt_logprobs"]
     ids = engine.get_tokenizer().encode(prompt)
 
-    async def reference():
-        params = SamplingParams(max_tokens=2, prompt_logprobs=2, temperature=0)
-        async for out in engine.generate(ids, params, "plp-reference"):
-            last = out
-        return last.prompt_logprobs
-
-    ref = asyncio.run(reference())
+    ref = _engine_prompt_logprobs(engine, ids, 2, "plp-reference")
     assert served[0] is None and len(served) == len(ids)
     for got, want in zip(served[1:], ref[1:], strict=True):
         assert {int(k) for k in got} == set(want)

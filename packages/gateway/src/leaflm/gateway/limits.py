@@ -14,9 +14,8 @@ MAX_LOGPROBS = 20  # OpenAI's bound for top_logprobs; vLLM's default max_logprob
 
 
 def check_n(gw: Gateway, n: int, best_of: int | None, n_field: str = "n") -> None:
+    """The server's upper bound (the schemas already hold n, best_of >= 1)."""
     limit = gw.max_n
-    if n < 1:
-        raise bad_request(f"{n_field} must be >= 1, got {n}", param=n_field)
     if n > limit:
         raise bad_request(f"{n_field} must be <= {limit}, got {n}", param=n_field)
     if best_of is not None and best_of > limit:

@@ -123,10 +123,13 @@ def test_json_strings_are_valid_utf8(grammar_env, schema):
 
 
 @pytest.mark.parametrize("vocab", [49152, 1000, 33])
-def test_cpu_mask_equals_xgrammars_apply(vocab):
-    """leaflm's CPU bitmask application (faster than xgrammar's) masks exactly the same."""
-    from leaflm.engine.structured_outputs import unpack_bitmask
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_cpu_mask_equals_xgrammars_apply(vocab, backend, monkeypatch):
+    """leaflm's bitmask application (faster than xgrammar's on CPU) masks exactly the same,
+    on all rows and on a subset of them."""
+    from leaflm import kernels
 
+    monkeypatch.setenv("LEAFLM_KERNELS", backend)
     gen = torch.Generator().manual_seed(vocab)
     words = -(-vocab // 32)
     bitmask = torch.randint(-(2**31), 2**31 - 1, (5, words), dtype=torch.int32, generator=gen)
@@ -135,5 +138,11 @@ def test_cpu_mask_equals_xgrammars_apply(vocab):
     logits = torch.randn(5, vocab, generator=gen)
     expected = logits.clone()
     xgr.apply_token_bitmask_inplace(expected, bitmask)
-    got = logits.masked_fill(~unpack_bitmask(bitmask, vocab), float("-inf"))
+    assert torch.equal(kernels.apply_token_bitmask(logits.clone(), bitmask), expected)
+
+    rows = torch.tensor([4, 0, 2])
+    expected = logits.clone()
+    for j, r in enumerate(rows.tolist()):
+        xgr.apply_token_bitmask_inplace(expected[r : r + 1], bitmask[j : j + 1])
+    got = kernels.apply_token_bitmask(logits.clone(), bitmask[:3], rows)
     assert torch.equal(got, expected)

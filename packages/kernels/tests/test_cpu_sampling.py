@@ -54,3 +54,40 @@ def test_sample_matches_reference_on_mixed_batches():
     assert torch.equal(cpu.sample(logits, *args), ref.sample(logits, *args))
     greedy = torch.zeros(rows)
     assert torch.equal(cpu.sample(logits, greedy, *args[1:]), torch.argmax(logits, dim=-1))
+
+
+def _masked_by_hand(logits, bitmask, rows):
+    """The bitmask's definition, one token at a time: bit b of word w allows token 32w + b."""
+    out = logits.clone()
+    for j, r in enumerate(rows):
+        for c in range(logits.shape[1]):
+            if not (int(bitmask[j, c // 32]) >> (c % 32)) & 1:
+                out[r, c] = float("-inf")
+    return out
+
+
+@pytest.mark.parametrize("vocab", [1, 31, 32, 33, 100, 1000])
+def test_apply_token_bitmask_matches_its_definition(vocab):
+    gen = torch.Generator().manual_seed(vocab)
+    words = -(-vocab // 32) + 1  # a mask may be wider than the vocabulary
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (4, words), dtype=torch.int32, generator=gen)
+    bitmask[0], bitmask[1] = -1, 0  # all allowed, none allowed
+    logits = torch.randn(6, vocab, generator=gen)
+    rows = torch.tensor([5, 0, 3, 1])
+    expected = _masked_by_hand(logits, bitmask, rows.tolist())
+    assert torch.equal(cpu.apply_token_bitmask(logits.clone(), bitmask, rows), expected)
+    assert torch.equal(ref.apply_token_bitmask(logits.clone(), bitmask, rows), expected)
+    whole = logits[:4].clone()
+    assert torch.equal(
+        cpu.apply_token_bitmask(whole, bitmask), _masked_by_hand(logits[:4], bitmask, range(4))
+    )
+
+
+def test_apply_token_bitmask_refuses_mismatched_shapes():
+    logits = torch.zeros(2, 100)
+    with pytest.raises(ValueError, match="int32"):
+        cpu.apply_token_bitmask(logits, torch.zeros(2, 3, dtype=torch.int32))  # 96 < 100 bits
+    with pytest.raises(ValueError, match="rows"):
+        cpu.apply_token_bitmask(logits, torch.zeros(1, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match="indices"):
+        cpu.apply_token_bitmask(logits, torch.zeros(1, 4, dtype=torch.int32), torch.tensor([2]))

@@ -8,6 +8,7 @@ this package imports without Triton).
 from leaflm.kernels.dispatch import backend_for, triton_available
 from leaflm.kernels.ops import (
     apply_penalties,
+    apply_token_bitmask,
     compute_logprobs,
     gelu_and_mul,
     paged_attention_decode,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "apply_penalties",
+    "apply_token_bitmask",
     "backend_for",
     "build_cos_sin_cache",
     "compute_logprobs",

@@ -78,6 +78,14 @@ def sample(
     return impl.sample(logits, temperature, top_k, top_p, min_p, seeds, offsets)
 
 
+def apply_token_bitmask(
+    logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    # No Triton kernel: on CUDA the engine applies xgrammar's own; the reference runs anywhere.
+    impl = ref if logits.is_cuda else kernel_module("sampling", logits)
+    return impl.apply_token_bitmask(logits, bitmask, rows)
+
+
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

@@ -139,6 +139,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.leaflm_silu_and_mul.argtypes = [p, i64, p, i64, i64, ctypes.c_int]
     lib.leaflm_argmax_rows.restype = None
     lib.leaflm_argmax_rows.argtypes = [p, i64, i64, i64, p, ctypes.c_int]
+    lib.leaflm_apply_token_bitmask.restype = None
+    lib.leaflm_apply_token_bitmask.argtypes = [p, i64, p, i64, p, i64, i64, ctypes.c_int]
     lib.leaflm_gemm_panel_width.restype = ctypes.c_int
     lib.leaflm_gemm_panel_width.argtypes = []
     lib.leaflm_gemm.restype = None

@@ -1,5 +1,7 @@
 /*
- * Greedy decoding's argmax for float32 CPU logits: torch.argmax walks a row one element at
+ * Sampling helpers for float32 CPU logits.
+ *
+ * Greedy decoding's argmax: torch.argmax walks a row one element at
  * a time (~3.4 ms for a 64 x 49152 decode batch on the 2-core dev machine, where the row
  * maxima alone take 0.08 ms). Here a vectorized max, then a vectorized search for its first
  * position. Semantics are torch.argmax's: the lowest index among ties, and a row holding NaN
@@ -47,5 +49,33 @@ void leaflm_argmax_rows(
             nan |= v[c] != v[c];
         }
         out[r] = first_index_of(v, cols, nan ? NAN : m);
+    }
+}
+
+/* Structured outputs: logits[rows[j]][c] = -inf wherever bit c of bitmask row j is 0 (an
+ * xgrammar bitmask: int32 words, bit b of word w is token 32w+b). Unpacking the mask into
+ * bools and then masked_fill_ makes two passes over 64 x 49k values and a 3 MB temporary
+ * (~4 ms); here one pass writes only the forbidden lanes, and a word allowing all 32 of its
+ * tokens (most of them inside a JSON string) is skipped. */
+void leaflm_apply_token_bitmask(
+    float *logits, int64_t stride, const int32_t *bitmask, int64_t words, const int64_t *rows,
+    int64_t n, int64_t vocab, int num_threads
+) {
+#pragma omp parallel for num_threads(num_threads) if (n * vocab >= PARALLEL_MIN)
+    for (int64_t j = 0; j < n; ++j) {
+        float *v = logits + rows[j] * stride;
+        const uint32_t *bits = (const uint32_t *)(bitmask + j * words);
+        int64_t c = 0;
+#if defined(__AVX512F__)
+        const __m512 ninf = _mm512_set1_ps(-INFINITY);
+        for (; c + 32 <= vocab; c += 32) {
+            const uint32_t forbid = ~bits[c >> 5];
+            if (!forbid) continue;
+            _mm512_mask_storeu_ps(v + c, (__mmask16)forbid, ninf);
+            _mm512_mask_storeu_ps(v + c + 16, (__mmask16)(forbid >> 16), ninf);
+        }
+#endif
+        for (; c < vocab; ++c)
+            if (!((bits[c >> 5] >> (c & 31)) & 1u)) v[c] = -INFINITY;
     }
 }

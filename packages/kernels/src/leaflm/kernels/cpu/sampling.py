@@ -1,4 +1,5 @@
-"""Sampling on float32 CPU logits: greedy rows through the C argmax (see ``sampling.c``).
+"""Sampling on float32 CPU logits: greedy rows through the C argmax, grammar masks in one
+pass (see ``sampling.c``).
 
 Signatures and semantics are those of :mod:`leaflm.kernels.reference.sampling`. Rows that
 sample go through the reference on their own: a row's draw depends only on its logits,
@@ -44,3 +45,19 @@ def sample(
             seeds[rows], offsets[rows],
         )  # fmt: skip
     return out
+
+
+def apply_token_bitmask(
+    logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    n, vocab = bitmask.shape[0], logits.shape[1]
+    rows = ref.bitmask_rows(logits, bitmask, rows)
+    if logits.stride(-1) != 1:
+        return ref.apply_token_bitmask(logits, bitmask, rows)
+    mask = bitmask.contiguous()
+    if n:
+        require_library().leaflm_apply_token_bitmask(
+            logits.data_ptr(), logits.stride(0), mask.data_ptr(), mask.shape[1],
+            rows.data_ptr(), n, vocab, torch.get_num_threads(),
+        )  # fmt: skip
+    return logits

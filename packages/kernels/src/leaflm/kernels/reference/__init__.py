@@ -13,6 +13,7 @@ from leaflm.kernels.reference.layers import (
 )
 from leaflm.kernels.reference.sampling import (
     apply_penalties,
+    apply_token_bitmask,
     compute_logprobs,
     sample,
     uniform_from_seed,
@@ -20,6 +21,7 @@ from leaflm.kernels.reference.sampling import (
 
 __all__ = [
     "apply_penalties",
+    "apply_token_bitmask",
     "compute_logprobs",
     "gelu_and_mul",
     "paged_attention_decode",

@@ -94,7 +94,10 @@ def sample(
         return out
     rows = sampled.nonzero().squeeze(1)
     x = logits[rows].float() / temperature[rows].float().unsqueeze(1)
-    p = torch.exp(x - x.max(dim=-1, keepdim=True).values)
+    # Not exp(x - max): torch.exp takes a slow path on -inf and underflowing inputs, which a
+    # grammar's masked rows are full of (64 x 49k: ~10 ms on 2 cores; softmax ~2 ms).
+    p = torch.softmax(x, dim=-1)
+    p = p / p.amax(dim=-1, keepdim=True)  # unnormalised again: p_max = 1
     filt = (
         ((top_k[rows] > 0) & (top_k[rows] < p.shape[1])) | (top_p[rows] < 1.0) | (min_p[rows] > 0)
     )
@@ -158,3 +161,43 @@ def compute_logprobs(
         rank = (lp > token_lp.unsqueeze(1)).sum(-1) + 1
         return token_lp, top_ids, top_lp, rank
     return token_lp, top_ids, top_lp
+
+
+_BITS = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).bool()  # byte -> its 8 bits
+
+
+def bitmask_rows(
+    logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor | None
+) -> torch.Tensor:
+    """The logits row of each bitmask row (int64 on CPU), checked against both shapes."""
+    n, words = bitmask.shape
+    if bitmask.dtype != torch.int32 or words * 32 < logits.shape[1]:
+        raise ValueError(
+            f"a token bitmask is int32 [rows, ceil(V/32)] for V={logits.shape[1]}, "
+            f"got {bitmask.dtype} {tuple(bitmask.shape)}"
+        )
+    if rows is None:
+        if n != logits.shape[0]:
+            raise ValueError(f"{n} bitmask rows for {logits.shape[0]} logits rows, no `rows`")
+        return torch.arange(n)
+    rows = rows.to("cpu", torch.int64).contiguous()
+    if rows.shape != (n,) or (n and not 0 <= int(rows.min()) <= int(rows.max()) < len(logits)):
+        raise ValueError(f"rows must be {n} indices into {len(logits)} logits rows")
+    return rows
+
+
+def apply_token_bitmask(
+    logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Structured outputs: ``-inf`` in place wherever a grammar forbids a token; returns
+    ``logits``.
+
+    ``bitmask`` is xgrammar's packed int32 ``[n, ceil(V/32)]`` (bit ``b`` of word ``w`` allows
+    token ``32w + b``); its row ``j`` masks logits row ``rows[j]`` (default: row ``j``).
+    """
+    vocab = logits.shape[1]
+    idx = bitmask_rows(logits, bitmask, rows).to(logits.device)
+    packed = bitmask.contiguous().view(torch.uint8).long()
+    allowed = _BITS.to(logits.device)[packed].view(len(idx), -1)[:, :vocab]
+    logits[idx] = logits[idx].masked_fill_(~allowed, float("-inf"))
+    return logits

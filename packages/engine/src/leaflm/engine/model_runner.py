@@ -22,7 +22,7 @@ from leaflm.engine.loader import load_weights
 from leaflm.engine.models.registry import resolve_model_class
 from leaflm.engine.scheduler import SchedulerOutput
 from leaflm.engine.step_input import StepInput, build_step_input
-from leaflm.kernels.cpu import gemm, malloc_tuning
+from leaflm.kernels.cpu import gemm, hugepages, malloc_tuning
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class ModelRunner:
                 time.perf_counter() - start,
             )
             start = time.perf_counter()
-            packed = pack_for_cpu(self.model)
+            with hugepages.weight_arena():  # all packed weights on huge pages
+                packed = pack_for_cpu(self.model)
             logger.info(
                 "packed %d linear weights (%s) in %.1f s", packed, gemm.linear_backend(),
                 time.perf_counter() - start,

@@ -31,6 +31,12 @@
 #define MR 8
 #define MC 192
 #define PARALLEL_MIN_FLOPS 262144
+#ifndef PREFETCH_K
+#define PREFETCH_K 64
+#endif
+#ifndef GEMV_PREFETCH_ROWS
+#define GEMV_PREFETCH_ROWS 2
+#endif
 
 typedef float vec16 __attribute__((vector_size(64), aligned(4)));
 
@@ -56,6 +62,12 @@ static inline __attribute__((always_inline)) void tile(
     for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = acc[r][2] = (vec16){0};
     for (int64_t k = 0; k < K; ++k) {
         const vec16 *w = (const vec16 *)(panel + k * NR);
+        if (mr <= GEMV_PREFETCH_ROWS) {
+            const char *ahead = (const char *)(panel + (k + PREFETCH_K) * NR);
+            __builtin_prefetch(ahead, 0, 0);
+            __builtin_prefetch(ahead + 64, 0, 0);
+            __builtin_prefetch(ahead + 128, 0, 0);
+        }
         const vec16 w0 = w[0], w1 = w[1], w2 = w[2];
 #pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {

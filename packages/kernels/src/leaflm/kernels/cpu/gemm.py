@@ -79,11 +79,11 @@ def pack_weight(weight: torch.Tensor) -> PackedWeight:
     out_features, in_features = weight.shape
     width = panel_width()
     w = weight.detach()
-    if width:
-        data = _panels(w, width).transpose(1, 2).contiguous()
+    if width:  # every decode step streams all weights: huge pages spare the TLB
+        data = _huge_copy(_panels(w, width).transpose(1, 2))
     else:
         data = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), BATCH_HINT)
-    hugepages.advise_tensor(data)  # every decode step streams all weights: spare the TLB
+        hugepages.advise_tensor(data)
     return PackedWeight(data, out_features, in_features, width)
 
 
@@ -97,8 +97,7 @@ def pack_gated_weight(weight: torch.Tensor) -> PackedWeight | None:
     if not width or rows % 2:
         return None
     gate, up = (_panels(w, width // 2) for w in weight.detach().chunk(2))
-    data = torch.cat([gate, up], dim=1).transpose(1, 2).contiguous()
-    hugepages.advise_tensor(data)
+    data = _huge_copy(torch.cat([gate, up], dim=1).transpose(1, 2))
     return PackedWeight(data, rows // 2, in_features, width, gated=True)
 
 
@@ -112,6 +111,12 @@ def packed_rows(packed: PackedWeight, rows: torch.Tensor) -> torch.Tensor:
         raise ValueError("only a plain leaflm-packed weight has addressable rows")
     width = packed.panel_width
     return packed.data[rows // width, :, rows % width]
+
+
+def _huge_copy(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``t`` on huge pages (see :func:`hugepages.weight_arena`)."""
+    out = hugepages.empty(tuple(t.shape), t.dtype)
+    return out.copy_(t)
 
 
 def _panels(weight: torch.Tensor, rows: int) -> torch.Tensor:

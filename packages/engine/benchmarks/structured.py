@@ -72,11 +72,12 @@ def main() -> None:
     long = StructuredOutputsParams(json=LONG)
     n = len(prompts)
     # Alternate the two sides round by round: on a shared machine the load drifts.
-    natural, fixed = [], []
+    natural, fixed, lengths = [], [], []
     for _ in range(args.rounds):
         free_t, free_n = run(llm, prompts, [params(k) for k in range(n)])
         cons_t, cons_n = run(llm, prompts, [params(k, so) for k in range(n)])
         natural.append((free_n / free_t, cons_n / cons_t))
+        lengths.append((free_n / n, cons_n / n))
         # Same token count on both sides: ignore_eos, and a grammar that never ends early.
         ff_t, ff_n = run(llm, prompts, [params(k, None, True) for k in range(n)])
         fc_t, fc_n = run(llm, prompts, [params(k, long, True) for k in range(n)])
@@ -104,6 +105,10 @@ def main() -> None:
                 "requests": n,
                 "max_tokens": args.max_tokens,
                 "natural_lengths": summary(natural),
+                "natural_mean_output_tokens": {
+                    "unconstrained": [round(a, 1) for a, _ in lengths],
+                    "constrained": [round(b, 1) for _, b in lengths],
+                },
                 "fixed_length": summary(fixed),
                 "first_compile_incl_tokenizer_ms": round(first * 1000, 1),
                 "new_schema_compile_ms_median": round(statistics.median(compile_ms), 1),

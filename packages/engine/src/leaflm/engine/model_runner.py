@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from leaflm.engine.config import ModelConfig
+from leaflm.engine.cpu_graphs import DecodeGraphs
 from leaflm.engine.forward_context import AttentionMetadata, ForwardContext
 from leaflm.engine.kv_cache import KVCache
 from leaflm.engine.layers.linear import pack_for_cpu
@@ -63,6 +64,7 @@ class ModelRunner:
             malloc_tuning.release_free_heap()  # the freed plain weights' holes
             malloc_tuning.retain_freed_memory()  # activations are re-allocated every layer
         self.kv: KVCache | None = None
+        self.graphs: DecodeGraphs | None = None
         self.block_size = 16
 
     @property
@@ -80,6 +82,10 @@ class ModelRunner:
             layers, num_blocks, block_size, kv_heads, head_dim,
             self.config.dtype, self.device, num_cpu_blocks,
         )  # fmt: skip
+        self.graphs = None
+        if self.device.type == "cpu":  # small decode steps replay recorded kernel calls
+            max_blocks = -(-self.config.max_model_len // block_size)
+            self.graphs = DecodeGraphs(self.model, self.kv.layers, max_blocks)
 
     @torch.inference_mode()
     def profile_peak_memory(self, num_tokens: int, block_size: int) -> int:
@@ -141,8 +147,10 @@ class ModelRunner:
             prefill_seq_lens=t(step.prefill_seq_lens),
             max_prefill_query_len=step.max_prefill_query_len,
         )
-        ctx = ForwardContext(meta, self.kv.layers)
-        hidden = self.model(t(step.input_ids), t(step.positions), ctx)
+        hidden = self.graphs.forward(step) if self.graphs is not None else None
+        if hidden is None:
+            ctx = ForwardContext(meta, self.kv.layers)
+            hidden = self.model(t(step.input_ids), t(step.positions), ctx)
         return self.model.compute_logits(take_rows(hidden, step.logit_rows)).float()
 
 

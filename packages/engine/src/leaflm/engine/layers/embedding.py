@@ -16,6 +16,8 @@ from leaflm.engine.layers.linear import PackableLinear
 from leaflm.engine.layers.sharding import Shard, vocab_rows, vocab_shard
 from leaflm.engine.parallel_state import all_reduce, gather_last_dim, tp_size
 from leaflm.kernels.cpu import gemm
+from leaflm.kernels.cpu import layers as cpu_layers
+from leaflm.kernels.dispatch import use_cpu_kernels
 
 
 class VocabEmbedding(nn.Module):
@@ -48,6 +50,8 @@ class VocabEmbedding(nn.Module):
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return gemm.packed_rows(self.packed, ids)
+        if use_cpu_kernels(self.weight):  # a C call: a recorded CPU graph covers it
+            return cpu_layers.embedding(ids, self.weight)
         return F.embedding(ids, self.weight)
 
     def share_packed(self, packed: gemm.PackedWeight) -> bool:

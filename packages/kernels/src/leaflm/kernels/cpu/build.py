@@ -104,6 +104,9 @@ def library() -> ctypes.CDLL | None:
         _failure = str(e)
         return None
     _declare(lib)
+    from leaflm.kernels.cpu import graph  # after torch: its dispatch mode imports torch
+
+    graph.make_recordable(lib, [n for n in vars(lib) if n.startswith("leaflm_")])
     return lib
 
 
@@ -135,6 +138,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.leaflm_rms_norm.argtypes = [p, i64, p, i64, p, p, p, i64, i64, f32, ctypes.c_int]
     lib.leaflm_rotary.restype = None
     lib.leaflm_rotary.argtypes = [p, p, i64, i64, i64, i64, p, i64, ctypes.c_int, ctypes.c_int]
+    lib.leaflm_gather_rows.restype = i64
+    lib.leaflm_gather_rows.argtypes = [p, i64, i64, i64, p, i64, i64, p]
     lib.leaflm_silu_and_mul.restype = None
     lib.leaflm_silu_and_mul.argtypes = [p, i64, p, i64, i64, ctypes.c_int]
     lib.leaflm_argmax_rows.restype = None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from leaflm.kernels.cpu import build, hugepages
+from leaflm.kernels.cpu import build, hugepages, layers
 
 #: the batch size oneDNN picks its packed layout for (it serves every batch size)
 BATCH_HINT = 64
@@ -109,8 +109,9 @@ def packed_rows(packed: PackedWeight, rows: torch.Tensor) -> torch.Tensor:
     """
     if not packed.panel_width or packed.gated:
         raise ValueError("only a plain leaflm-packed weight has addressable rows")
-    width = packed.panel_width
-    return packed.data[rows // width, :, rows % width]
+    return layers.embedding(
+        rows, packed.data, panel_width=packed.panel_width, num_rows=packed.out_features
+    )
 
 
 def _huge_copy(t: torch.Tensor) -> torch.Tensor:

@@ -83,3 +83,30 @@ void leaflm_silu_and_mul(
         for (int64_t c = 0; c < d; ++c) o[c] = g[c] / (1.0f + exp_clamped(-g[c])) * u[c];
     }
 }
+
+/* Embedding lookup: out[i] = row ids[i] of a [rows, dim] table, stored plain (`width` 0, rows
+ * `row_stride` apart) or as leaflm's packed GEMM panels ([panels, dim, width]: a tied LM
+ * head's copy). A C call rather than a torch op so that a recorded decode step
+ * (leaflm.kernels.cpu.graph) covers the whole forward. Ids outside [0, rows) get a zero row;
+ * returns how many there were. */
+int64_t leaflm_gather_rows(
+    const float *table, int64_t row_stride, int64_t width, int64_t rows, const int64_t *ids,
+    int64_t n, int64_t dim, float *out
+) {
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t id = ids[i];
+        float *o = out + i * dim;
+        if (id < 0 || id >= rows) {
+            for (int64_t k = 0; k < dim; ++k) o[k] = 0.0f;
+            ++bad;
+        } else if (width == 0) {
+            const float *src = table + id * row_stride;
+            for (int64_t k = 0; k < dim; ++k) o[k] = src[k];
+        } else {
+            const float *src = table + (id / width) * dim * width + id % width;
+            for (int64_t k = 0; k < dim; ++k) o[k] = src[k * width];
+        }
+    }
+    return bad;
+}

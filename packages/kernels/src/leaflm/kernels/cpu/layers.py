@@ -73,3 +73,27 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
         x2.data_ptr(), x2.stride(0), out.data_ptr(), x2.shape[0], d, torch.get_num_threads()
     )
     return out.view(*x.shape[:-1], d)
+
+
+def embedding(
+    ids: torch.Tensor, table: torch.Tensor, *, panel_width: int = 0, num_rows: int | None = None
+) -> torch.Tensor:
+    """Rows ``ids`` of a float32 ``[rows, dim]`` table, or of the first ``num_rows`` rows held
+    in leaflm's packed GEMM panels (``[panels, dim, width]``, ``panel_width`` > 0); an id out
+    of range is an IndexError, as in ``F.embedding``."""
+    if panel_width:
+        rows, dim = num_rows or table.shape[0] * panel_width, table.shape[1]
+    else:
+        rows, dim = table.shape
+    if table.stride(-1) != 1 or (panel_width and not table.is_contiguous()):
+        raise ValueError("embedding takes a table with unit stride along its rows")
+    flat = ids.reshape(-1)
+    idx = flat if flat.dtype == torch.int64 and flat.is_contiguous() else flat.long().contiguous()
+    out = torch.empty((idx.shape[0], dim), dtype=table.dtype)
+    bad = require_library().leaflm_gather_rows(
+        table.data_ptr(), 0 if panel_width else table.stride(0), panel_width, rows,
+        idx.data_ptr(), idx.shape[0], dim, out.data_ptr(),
+    )  # fmt: skip
+    if bad:
+        raise IndexError(f"{bad} token id(s) outside the embedding's {rows} rows")
+    return out.view(*ids.shape, dim)

@@ -1,0 +1,66 @@
+"""Small decode steps replayed from CPU graphs give exactly the eager forward's results.
+
+Replay makes the same kernel calls on the same inputs, so token ids and logprobs must be
+bit-identical to `LEAFLM_CPU_GRAPHS=0`, while the batch shrinks step by step (each size has
+its own graph) and contexts cross block boundaries (the block tables grow between replays).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from leaflm.engine import LLM, SamplingParams
+from leaflm.engine.cpu_graphs import GRAPHS_VAR, MAX_GRAPH_BATCH
+from leaflm.engine.testing import random_token_prompts
+from leaflm.kernels.cpu import library
+
+if library() is None:
+    pytest.skip("CPU graphs record C kernel calls: no C kernels here", allow_module_level=True)
+
+
+def _generate(model_dir, prompts, lengths):
+    llm = LLM(str(model_dir), kv_cache_memory="8MiB", block_size=16)
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, logprobs=2) for n in lengths
+    ]
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    result = [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs]
+    return result, llm.llm_engine.runner.graphs, llm
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+def test_graph_replay_equals_eager(tiny_models, monkeypatch, assert_no_leaks, arch):
+    model_dir = tiny_models(arch)
+    prompts = random_token_prompts(4, vocab=380, lo=3, hi=30, seed=3)
+    lengths = [40, 25, 10, 33]  # the batch shrinks 4 -> 3 -> 2 -> 1 as requests finish
+    monkeypatch.setenv(GRAPHS_VAR, "0")
+    eager, off, _ = _generate(model_dir, prompts, lengths)
+    assert off.disabled == f"{GRAPHS_VAR}=0" and not off.steps
+    monkeypatch.setenv(GRAPHS_VAR, "1")
+    replayed, graphs, llm = _generate(model_dir, prompts, lengths)
+    assert graphs.disabled is None, graphs.disabled
+    assert sorted(graphs.steps) == [1, 2, 3, 4]  # one graph per decode batch size seen
+    assert all(s.graph is not None and s.graph.calls for s in graphs.steps.values())
+    assert replayed == eager  # ids and every logprob, exactly
+    assert_no_leaks(llm)
+
+
+def test_a_forward_with_torch_ops_runs_eagerly(tiny_models, monkeypatch):
+    """GPT-2 adds learned positions with a torch op: recording refuses it, and the model
+    runs eagerly with the same results."""
+    model_dir = tiny_models("gpt2")
+    prompts = random_token_prompts(2, vocab=380, lo=3, hi=12, seed=4)
+    monkeypatch.setenv(GRAPHS_VAR, "0")
+    eager, _, _ = _generate(model_dir, prompts, [8, 8])
+    monkeypatch.setenv(GRAPHS_VAR, "1")
+    got, graphs, _ = _generate(model_dir, prompts, [8, 8])
+    assert graphs.disabled is not None and "cannot be recorded" in graphs.disabled
+    assert not graphs.steps
+    assert got == eager
+
+
+def test_large_batches_are_not_captured(tiny_models):
+    n = MAX_GRAPH_BATCH + 2
+    prompts = random_token_prompts(n, vocab=380, lo=3, hi=8, seed=5)
+    _, graphs, _ = _generate(tiny_models("llama"), prompts, [4] * n)
+    assert graphs.disabled is None and graphs.steps == {}

@@ -1,0 +1,65 @@
+"""CPU graphs replay exactly the recorded kernel calls, and refuse passes that did other work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from leaflm.kernels.cpu import library, unavailable_reason
+
+if library() is None:
+    pytest.skip(f"CPU kernels unavailable: {unavailable_reason()}", allow_module_level=True)
+
+from leaflm.kernels.cpu import gemm, graph, layers
+
+
+def _block(x, w_norm, packed, ids, table):
+    h = layers.rms_norm(x, w_norm, 1e-6)
+    return gemm.packed_linear(h, packed), layers.embedding(ids, table)
+
+
+@torch.inference_mode()
+def test_replay_follows_inputs_overwritten_in_place():
+    g = torch.Generator().manual_seed(0)
+    x, w_norm = torch.randn(3, 64, generator=g), torch.rand(64, generator=g)
+    weight, table = torch.randn(100, 64, generator=g), torch.randn(50, 8, generator=g)
+    packed = gemm.pack_weight(weight)
+    ids = torch.tensor([3, 0, 49])
+    with graph.capture() as recorded:
+        recorded.output = _block(x, w_norm, packed, ids, table)
+    assert len(recorded.calls) == 3  # norm, GEMM, gather
+    for _ in range(2):
+        x.copy_(torch.randn(3, 64, generator=g))
+        ids.copy_(torch.randint(0, 50, (3,), generator=g))
+        expected = _block(x, w_norm, packed, ids, table)  # eager, fresh outputs
+        got = recorded.replay()
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@torch.inference_mode()
+def test_other_torch_work_makes_the_capture_unsafe():
+    x, w = torch.randn(2, 16), torch.ones(16)
+    with pytest.raises(graph.GraphUnsafe, match=r"aten\.add"), graph.capture():
+        layers.rms_norm(x + 1.0, w, 1e-6)
+    with pytest.raises(graph.GraphUnsafe, match="no kernel calls"), graph.capture():
+        x.view(4, 8)
+    with graph.capture() as outer:  # views and allocations are fine
+        layers.rms_norm(x.view(2, 16)[:, :16], w, 1e-6)
+        with pytest.raises(RuntimeError, match="already open"), graph.capture():
+            pass
+    assert len(outer.calls) == 1
+
+
+def test_embedding_rows_plain_and_packed():
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(100, 24, generator=g)
+    ids = torch.tensor([[0, 99, 7], [7, 42, 1]])
+    assert torch.equal(layers.embedding(ids, table), F.embedding(ids, table))
+    if gemm.panel_width():
+        packed = gemm.pack_weight(table)
+        assert torch.equal(gemm.packed_rows(packed, ids), F.embedding(ids, table))
+        with pytest.raises(IndexError, match="outside"):
+            gemm.packed_rows(packed, torch.tensor([100]))  # a padding row of the last panel
+    with pytest.raises(IndexError, match="1 token id"):
+        layers.embedding(torch.tensor([5, -1]), table)

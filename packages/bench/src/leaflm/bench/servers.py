@@ -22,7 +22,7 @@ import httpx
 from leaflm.bench.baselines import resolve_dtype
 
 HOST = "127.0.0.1"
-KINDS = ("leaflm", "hf-serve", "hf-serve-cb", "naive")
+KINDS = ("leaflm", "leaflm-int8", "leaflm-gguf", "hf-serve", "hf-serve-cb", "naive")
 
 
 def free_port() -> int:
@@ -52,11 +52,15 @@ def server_command(
     engine's default, which the engine allocates and zeroes whole at start.
     """
     dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
-    if kind == "leaflm":
+    if kind.startswith("leaflm"):
+        from leaflm.bench.offline import leaflm_variant
+
+        model, quantization = leaflm_variant(kind, model_dir)
         # `python -m leaflm.gateway` is `leaflm serve` without needing entry-point metadata
-        cmd = [sys.executable, "-m", "leaflm.gateway", model_dir]
+        cmd = [sys.executable, "-m", "leaflm.gateway", model]
         return [
             *cmd,
+            *(["--quantization", quantization] if quantization else []),
             "--host",
             HOST,
             "--port",

@@ -1,8 +1,9 @@
 """Small decode steps replayed from CPU graphs give exactly the eager forward's results.
 
 Replay makes the same kernel calls on the same inputs, so token ids and logprobs must be
-bit-identical to `LEAFLM_CPU_GRAPHS=0`, while the batch shrinks step by step (each size has
-its own graph) and contexts cross block boundaries (the block tables grow between replays).
+bit-identical to `LEAFLM_CPU_GRAPHS=0`, while the batch shrinks step by step (each padded
+size has its own graph; padding rows must not disturb the real ones or the cache) and
+contexts cross block boundaries (the block tables grow between replays).
 """
 
 from __future__ import annotations
@@ -32,14 +33,15 @@ def _generate(model_dir, prompts, lengths):
 def test_graph_replay_equals_eager(tiny_models, monkeypatch, assert_no_leaks, arch):
     model_dir = tiny_models(arch)
     prompts = random_token_prompts(4, vocab=380, lo=3, hi=30, seed=3)
-    lengths = [40, 25, 10, 33]  # the batch shrinks 4 -> 3 -> 2 -> 1 as requests finish
+    # The batch shrinks 4 -> 3 -> 2 -> 1 as requests finish; 3 runs padded in the 4-graph.
+    lengths = [40, 25, 10, 33]
     monkeypatch.setenv(GRAPHS_VAR, "0")
     eager, off, _ = _generate(model_dir, prompts, lengths)
     assert off.disabled == f"{GRAPHS_VAR}=0" and not off.steps
     monkeypatch.setenv(GRAPHS_VAR, "1")
     replayed, graphs, llm = _generate(model_dir, prompts, lengths)
     assert graphs.disabled is None, graphs.disabled
-    assert sorted(graphs.steps) == [1, 2, 3, 4]  # one graph per decode batch size seen
+    assert sorted(graphs.steps) == [1, 2, 4]  # one graph per padded decode batch size
     assert all(s.graph is not None and s.graph.calls for s in graphs.steps.values())
     assert replayed == eager  # ids and every logprob, exactly
     assert_no_leaks(llm)

@@ -1,12 +1,14 @@
 """Small decode steps replayed from CPU graphs instead of run through Python.
 
-At batch 1-8 a CPU decode step is a few hundred kernel calls on tiny activations, and the
-Python around them (modules, dispatch, checks, allocations, ctypes conversions) is a large
-share of the step: ~4 ms of ~18 ms for SmolLM2-135M on the 2-core dev VM, where the GEMVs
-are bound by memory bandwidth. So the first pure-decode step of each batch size B is run
-eagerly while `leaflm.kernels.cpu.graph` records its kernel calls, into input tensors this
-class owns; later steps of size B copy their token ids, positions, slots, block tables and
-context lengths into those tensors and replay the calls.
+At small batches a CPU decode step is a few hundred kernel calls on tiny activations, and
+the Python around them (modules, dispatch, checks, allocations, ctypes conversions) is a
+large share of the step: ~5 ms of ~19 ms at batch 1 for SmolLM2-135M on the 2-core dev VM,
+where the GEMVs are bound by memory bandwidth. So a pure-decode step is run eagerly the
+first time its padded size (CAPTURE_SIZES: 1, 2, 4, ... 32, as vLLM's CUDA graph sizes) is
+seen, while `leaflm.kernels.cpu.graph` records its kernel calls into input tensors this
+class owns; later steps of that size copy their token ids, positions, slots, block tables
+and context lengths into those tensors and replay the calls. Padding rows write no cache
+slot (slot -1) and see no keys (context 0); their hidden states are dropped.
 
 The capture is checked twice: the recorder refuses a pass that ran any torch op other than
 views and allocations (the model then always runs eagerly, logged once), and right after
@@ -33,7 +35,9 @@ from leaflm.kernels.dispatch import use_cpu_kernels
 logger = logging.getLogger(__name__)
 
 GRAPHS_VAR = "LEAFLM_CPU_GRAPHS"
-MAX_GRAPH_BATCH = 8  # above this the GEMMs dominate and the Python share is small
+# Above 32 sequences the GEMMs are compute-bound and the Python share is a few percent.
+CAPTURE_SIZES = (1, 2, 4, 8, 16, 32)
+MAX_GRAPH_BATCH = CAPTURE_SIZES[-1]
 
 
 def graphs_enabled() -> bool:
@@ -53,12 +57,17 @@ class _StepGraph:
         self.graph: graph.CpuGraph | None = None
 
     def load(self, step: StepInput) -> None:
-        width = step.decode_block_tables.shape[1]
-        self.input_ids.numpy()[:] = step.input_ids
-        self.positions.numpy()[:] = step.positions
-        self.slots.numpy()[:] = step.slot_mapping
-        self.block_tables.numpy()[:, :width] = step.decode_block_tables
-        self.seq_lens.numpy()[:] = step.decode_seq_lens
+        """The step's rows first, then padding rows that touch nothing."""
+        n, width = step.decode_block_tables.shape
+        self.input_ids.numpy()[:n] = step.input_ids
+        self.positions.numpy()[:n] = step.positions
+        self.slots.numpy()[:n] = step.slot_mapping
+        self.block_tables.numpy()[:n, :width] = step.decode_block_tables
+        self.seq_lens.numpy()[:n] = step.decode_seq_lens
+        self.input_ids.numpy()[n:] = 0
+        self.positions.numpy()[n:] = 0
+        self.slots.numpy()[n:] = -1
+        self.seq_lens.numpy()[n:] = 0
 
     def context(self, kv_layers: list[tuple[torch.Tensor, torch.Tensor]]) -> ForwardContext:
         i32 = torch.int32
@@ -105,14 +114,17 @@ class DecodeGraphs:
             or step.decode_block_tables.shape[1] > self.max_blocks
         ):
             return None
-        state = self.steps.get(batch)
+        size = next(s for s in CAPTURE_SIZES if s >= batch)
+        state = self.steps.get(size)
         if state is None:
-            state = self.steps[batch] = _StepGraph(batch, self.max_blocks)
+            state = self.steps[size] = _StepGraph(size, self.max_blocks)
             state.load(step)
-            return self._capture(state)
-        state.load(step)
-        assert state.graph is not None
-        return state.graph.replay()
+            hidden = self._capture(state)
+        else:
+            state.load(step)
+            assert state.graph is not None
+            hidden = state.graph.replay()
+        return None if hidden is None else hidden[:batch]
 
     def _capture(self, state: _StepGraph) -> torch.Tensor | None:
         ctx = state.context(self.kv_layers)

@@ -63,3 +63,15 @@ def test_embedding_rows_plain_and_packed():
             gemm.packed_rows(packed, torch.tensor([100]))  # a padding row of the last panel
     with pytest.raises(IndexError, match="1 token id"):
         layers.embedding(torch.tensor([5, -1]), table)
+
+
+@torch.inference_mode()
+def test_a_python_step_rides_in_the_graph():
+    x, w = torch.randn(2, 16), torch.ones(16)
+    shifted = torch.empty(2, 16)
+    with graph.capture() as recorded:
+        graph.python_step(lambda: torch.add(x, 1.0, out=shifted))  # torch work, exempt
+        recorded.output = layers.rms_norm(shifted, w, 1e-6)
+    assert len(recorded.calls) == 2
+    x.copy_(torch.randn(2, 16))
+    assert torch.equal(recorded.replay(), layers.rms_norm(x + 1.0, w, 1e-6))

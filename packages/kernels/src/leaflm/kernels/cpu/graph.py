@@ -13,6 +13,8 @@ tensors: any other torch op (an add, an index, a copy, ``.item()``) would not be
 A ``TorchDispatchMode`` watches every aten op while recording; anything else raises
 :class:`GraphUnsafe` and the caller runs that forward eagerly instead. The mode also keeps
 every tensor allocated during the capture alive, so the recorded pointers stay valid.
+Work that has no kernel (a lookup in a quantized embedding table, say) can still ride in a
+graph as a :func:`python_step`: a closure that is run at capture and again at each replay.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 _tape: list[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
+_exempt = 0  # > 0 inside a python_step: its torch ops are replayed by the step itself
 
 _ALLOCATING = {
     torch.ops.aten.empty.memory_format,
@@ -58,6 +61,23 @@ def make_recordable(lib: ctypes.CDLL, names: list[str]) -> None:
         setattr(lib, name, _Recordable(getattr(lib, name)))
 
 
+def python_step(fn: Callable[[], object]) -> None:
+    """Run ``fn()`` now, and again at every replay of an open capture.
+
+    For work without a kernel: ``fn`` reads its inputs from tensors the graph keeps (updated
+    in place before a replay) and writes its result into a tensor allocated before it, since
+    anything it allocates is gone after it returns.
+    """
+    global _exempt
+    if _tape is not None:
+        _tape.append((fn, ()))
+    _exempt += 1
+    try:
+        fn()
+    finally:
+        _exempt -= 1
+
+
 class _Guard(TorchDispatchMode):
     """Allows views and allocations (kept alive); anything else makes the capture unsafe."""
 
@@ -68,6 +88,8 @@ class _Guard(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if _exempt:
+            return out
         if func in _ALLOCATING:
             self.keep.append(out)
         elif not func.is_view and self.refused is None:

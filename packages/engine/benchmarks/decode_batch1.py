@@ -36,31 +36,58 @@ def decode_tok_s(llm, prompt: list[int], new_tokens: int) -> float:
     return new_tokens / (run(1 + new_tokens) - first)
 
 
-def linear_floor_ms(model) -> tuple[float, float]:
-    """(ms, MB) of applying every packed linear weight to one row, as a decode step does."""
+def linear_floor_ms(llm, prompt: list[int]) -> tuple[float, float]:
+    """(ms, MB) of applying every linear layer to one row, as a decode step does (whatever the
+    weight method: the layers are called as the model calls them)."""
     import torch
 
+    from leaflm.engine import SamplingParams
     from leaflm.engine.layers.linear import PackableLinear
-    from leaflm.kernels.cpu import gemm
 
-    layers = [m for m in model.modules() if isinstance(m, PackableLinear) and m.packed is not None]
-    xs = [torch.randn(1, m.packed.in_features) for m in layers]
+    runner = llm.llm_engine.runner
+    layers = [m for m in runner.model.modules() if isinstance(m, PackableLinear)]
+    widths: dict[int, int] = {}
+
+    def record(mod, args) -> None:  # a pre-hook returning a value would replace the input
+        widths.setdefault(id(mod), args[0].shape[-1])
+
+    hooks = [m.register_forward_pre_hook(record) for m in layers]
+    runner.graphs.disabled, before = "measuring the layers' inputs", runner.graphs.disabled
+    llm.generate([prompt], SamplingParams(max_tokens=1), use_tqdm=False)
+    runner.graphs.disabled = before
+    for h in hooks:
+        h.remove()
+    xs = [torch.randn(1, widths[id(m)]) for m in layers]
 
     def step() -> None:
         for m, x in zip(layers, xs, strict=True):
-            if m.packed.gated:
-                gemm.packed_silu_and_mul(x, m.packed)
-            else:
-                gemm.packed_linear(x, m.packed)
+            m(x)
 
-    step()
-    times = []
-    for _ in range(40):
-        t0 = time.perf_counter()
+    with torch.inference_mode():
         step()
-        times.append(time.perf_counter() - t0)
-    mb = sum(m.packed.data.numel() * m.packed.data.element_size() for m in layers) / 1e6
+        times = []
+        for _ in range(40):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    mb = sum(_weight_bytes(m) for m in layers) / 1e6
     return statistics.median(times) * 1000, mb
+
+
+def _weight_bytes(layer) -> int:
+    """Bytes a forward of `layer` streams: every tensor it holds (weights, scales, panels)."""
+    import torch
+
+    packed = getattr(layer, "packed", None)
+    values = [*layer.parameters(), *layer.buffers(), *vars(layer).values()]
+    values += list(vars(packed).values()) if hasattr(packed, "__dict__") else []
+    seen: set[int] = set()
+    total = 0
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.data_ptr() not in seen:
+            seen.add(value.data_ptr())
+            total += value.numel() * value.element_size()
+    return total
 
 
 def llama_bench(binary: str, gguf: str, new_tokens: int) -> float:
@@ -77,9 +104,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--llama-bench", help="path of llama.cpp's llama-bench binary")
     parser.add_argument("--gguf", action="append", default=[], help="GGUF file(s) for it")
+    parser.add_argument("--quantization", help="leaflm's weight method (int8, gguf)")
     args = parser.parse_args()
 
-    llm = LLM(kv_cache_memory="256MiB", max_model_len=1024)
+    extra = {"quantization": args.quantization} if args.quantization else {}
+    llm = LLM(kv_cache_memory="256MiB", max_model_len=1024, **extra)
     runner = llm.llm_engine.runner
     prompt = list(range(1000, 1128))
     decode_tok_s(llm, prompt, 8)  # warm-up (and the batch-1 graph's capture)
@@ -91,7 +120,7 @@ def main() -> None:
             runner.graphs.disabled = None if mode == "graphs" else "benchmark: eager"
             rates[f"leaflm_{mode}"].append(decode_tok_s(llm, prompt, args.new_tokens))
         runner.graphs.disabled = None
-        floors.append(linear_floor_ms(runner.model))
+        floors.append(linear_floor_ms(llm, prompt))
         for g in args.gguf if args.llama_bench else []:
             rates[f"llama.cpp {g.rsplit('/', 1)[-1]}"].append(
                 llama_bench(args.llama_bench, g, args.new_tokens)

@@ -157,4 +157,4 @@ def prepare_weights(model: nn.Module, quantization: str | None = None) -> int:
 
 
 def _load_builtin_methods() -> None:
-    """Import the modules that register the built-in formats (none yet besides the default)."""
+    from leaflm.engine.layers import int8_method  # noqa: F401  (registers "int8")

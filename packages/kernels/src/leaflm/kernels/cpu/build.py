@@ -149,6 +149,6 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.leaflm_int8_gemm_panel_width.argtypes = []
     lib.leaflm_int8_gemm.restype = None
     lib.leaflm_int8_gemm.argtypes = [
-        p, i64, p, p, p, p, p, p, p, i64,  # x, ldx, xq, xs, packed, scales, corr, bias, out, ldo
-        i64, i64, i64, ctypes.c_int, ctypes.c_int,  # M, N, K, gated, num_threads
+        p, i64, p, p, p, p, p, p, p, i64,  # x, ldx, xq, xs, xn, packed, scales, bias, out, ldo
+        i64, i64, i64, i64, ctypes.c_int, ctypes.c_int,  # M, N, K, block, gated, num_threads
     ]  # fmt: skip

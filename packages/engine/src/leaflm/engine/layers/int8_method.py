@@ -1,7 +1,7 @@
 """`quantization="int8"`: W8A8 linear layers on CPU (`leaflm.kernels.cpu.int8_gemm`).
 
 Per-output-row int8 weights, quantized from each rank's float shard after loading, and
-per-token int8 activations quantized at each call; int32 accumulation with AVX-512 VNNI
+int8 activations quantized at each call, per token in blocks of 32 values; int32 accumulation with AVX-512 VNNI
 (the PyTorch reference where the kernel is unavailable). A gated MLP's SiLU runs in the
 kernel's epilogue. The LM head is int8 too (its accuracy is measured with the rest, see
 `leaflm.engine.quant_eval`), and a tied embedding looks its tokens up in the head's int8
@@ -14,6 +14,7 @@ import torch
 
 from leaflm.engine.layers.linear import PackableLinear
 from leaflm.engine.layers.weight_method import WeightMethod, register_weight_method
+from leaflm.engine.parallel_state import all_reduce_max
 from leaflm.kernels.cpu import int8_gemm
 
 
@@ -29,7 +30,11 @@ class Int8Method(WeightMethod):
                 f"quantization='int8' runs on CPU in float32, got {w.device} {w.dtype} weights"
             )
         gated = layer.gated and layer.own_bias() is None
-        layer.packed = int8_gemm.pack_weight(w, gated=gated)
+        # A row-parallel shard holds part of each row: scale by the whole row's max, so every
+        # rank's int8 values are those of the unsharded weight and TP=2 computes what TP=1 does
+        # (activation blocks line up too where each rank's columns are a multiple of 32).
+        amax = all_reduce_max(w.abs().amax(dim=1)) if layer.reduce_output else None
+        layer.packed = int8_gemm.pack_weight(w, gated=gated, row_amax=amax)
         layer.drop_plain_weight()
         return True
 

@@ -11,9 +11,11 @@ import pytest
 
 from leaflm.engine import LLM, SamplingParams
 from leaflm.engine.executor.mp import WorkerPool
+from leaflm.engine.layers.embedding import LMHead
 from leaflm.engine.layers.weight_method import known_quantizations
 from leaflm.engine.testing import random_token_prompts
 from leaflm.kernels.cpu import int8_gemm
+from leaflm.kernels.cpu.int8_gemm import Int8Weight
 
 MAX_NEW = 8
 ARCHS = {
@@ -61,27 +63,40 @@ def assert_same(a, b, tol: float, flip_tol: float = 0.05, max_flipped: float = 0
     assert sum(d > tol for d in diffs) <= max_flipped * len(diffs)
 
 
+def _int8_layers(model) -> list:
+    return [m for m in model.modules() if isinstance(getattr(m, "packed", None), Int8Weight)]
+
+
 @needs_kernel
 @pytest.mark.parametrize("case", list(ARCHS))
 def test_int8_kernel_path_matches_reference_op_path(tiny_models, monkeypatch, case):
     arch, overrides = ARCHS[case]
     model_dir = tiny_models(arch, **overrides)
     prompts = random_token_prompts(4, vocab=380, lo=3, hi=40, seed=3)
-    with engine(model_dir, quantization="int8") as llm:
+    with engine(model_dir, quantization="int8_lm_head") as llm:
         model = llm.llm_engine.runner.model
-        heads = [m for m in model.modules() if type(m).__name__ == "LMHead"]
-        assert heads and isinstance(heads[0].packed, int8_gemm.Int8Weight)
+        heads = [m for m in model.modules() if isinstance(m, LMHead)]
+        assert heads and isinstance(heads[0].packed, Int8Weight)
         assert heads[0].packed.panel_width == int8_gemm.panel_width()
         gated = [m for m in model.modules() if getattr(m, "gated", False)]
         for m in gated:  # the SiLU gate runs in the kernel's epilogue unless the MLP has biases
             assert m.packed.gated == (m.bias is None)
         fast = chosen(llm, prompts)
     monkeypatch.setattr(int8_gemm, "panel_width", lambda: 0)  # plain int8 + reference op
-    with engine(model_dir, quantization="int8") as llm:
-        model = llm.llm_engine.runner.model
-        assert all(m.packed.panel_width == 0 for m in model.modules() if hasattr(m, "packed"))
+    with engine(model_dir, quantization="int8_lm_head") as llm:
+        layers = _int8_layers(llm.llm_engine.runner.model)
+        assert layers and all(m.packed.panel_width == 0 for m in layers)
         reference = chosen(llm, prompts)
     assert_same(fast, reference, tol=1e-4)
+
+
+@needs_kernel
+def test_plain_int8_keeps_the_lm_head_float(tiny_models):
+    with engine(tiny_models("llama", tie_word_embeddings=True), quantization="int8") as llm:
+        model = llm.llm_engine.runner.model
+        assert not isinstance(model.lm_head.packed, Int8Weight)
+        assert len(_int8_layers(model)) == 2 * 4  # qkv, o, gate_up, down of both layers
+        assert model.model.embed_tokens.weight is None  # rows come from the float head
 
 
 @needs_kernel
@@ -89,7 +104,8 @@ def test_int8_stays_close_to_float(tiny_models):
     """Not a copy of the float path, nor far from it (the accuracy harness on a tiny model)."""
     from leaflm.engine.quant_eval import compare_quantization
 
-    result = compare_quantization("int8", model=tiny_models("llama"), max_tokens=600, window=256)
+    model = tiny_models("llama")
+    result = compare_quantization("int8_lm_head", model=model, max_tokens=600, window=256)
     assert result.positions == 600 - 3  # windows of 256, 256, 88: the last token has no next
     assert 0 < result.mean_kl < 0.01 and result.top1_agreement > 0.8
 
@@ -108,10 +124,13 @@ def test_int8_tp2_matches_tp1(tiny_models, worker_pool, case):
     arch, overrides = ARCHS[case]
     model_dir = tiny_models(arch, **overrides)
     prompts = random_token_prompts(4, vocab=380, lo=3, hi=40, seed=11)
-    with engine(model_dir, quantization="int8") as llm:
+    with engine(model_dir, quantization="int8_lm_head") as llm:
         tp1 = chosen(llm, prompts)
     with engine(
-        model_dir, quantization="int8", tensor_parallel_size=2, distributed_executor_backend="mp"
+        model_dir,
+        quantization="int8_lm_head",
+        tensor_parallel_size=2,
+        distributed_executor_backend="mp",
     ) as llm:
         assert llm.llm_engine.runner is None  # the model ran in the workers
         tp2 = chosen(llm, prompts)
@@ -119,7 +138,7 @@ def test_int8_tp2_matches_tp1(tiny_models, worker_pool, case):
 
 
 def test_unknown_quantization_names_the_known_ones(tiny_models):
-    assert "int8" in known_quantizations()
+    assert {"int8", "int8_lm_head"} <= set(known_quantizations())
     with pytest.raises(ValueError, match=r"quantization must be None or one of \[.*'int8'"):
         LLM(str(tiny_models("llama")), quantization="bogus")
 

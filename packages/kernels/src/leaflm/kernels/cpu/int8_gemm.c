@@ -21,8 +21,8 @@
  * streams from memory front to back. A tile is MR rows x NR columns: MR*4 int32 and MR*4
  * float accumulators in registers, x's four bytes broadcast straight from memory. As in
  * gemm.c the threads take (row block, panel) items as they come free and each panel serves
- * every row of the block. A gated panel holds NR/2 gate columns then the NR/2 matching up
- * columns.
+ * every row of the block (blocks of fewer rows where there are few panels). A gated panel
+ * holds NR/2 gate columns then the NR/2 matching up columns.
  *
  * `leaflm_int8_gemm_panel_width()` is 0 in a build without AVX-512 VNNI; callers then use the
  * PyTorch reference (leaflm.kernels.cpu.int8_gemm).
@@ -77,47 +77,60 @@ static void quantize_row(
 #ifdef __AVX512VNNI__
 #include <immintrin.h>
 
+#define ZERO4(P, R) P##R##0 = P##R##1 = P##R##2 = P##R##3
+/* acc += u8 w . s8 a, in place ("+v"): the intrinsic let GCC 12 copy the accumulator
+ * through a spare register around every vpdpbusd. */
+#define DP(ACC, W, A) __asm__("vpdpbusd %2, %1, %0" : "+v"(ACC) : "v"(W), "v"(A))
+#define DP4(R, A) DP(i##R##0, w0, A); DP(i##R##1, w1, A); DP(i##R##2, w2, A); DP(i##R##3, w3, A)
+#define FMA1(R, V, S) f##R##V = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i##R##V), S, f##R##V)
+#define FMA4(R, S) FMA1(R, 0, S), FMA1(R, 1, S), FMA1(R, 2, S), FMA1(R, 3, S)
+
+static inline __m512i broadcast4(const int8_t *p) {
+    int32_t four;
+    memcpy(&four, p, 4);
+    return _mm512_set1_epi32(four);
+}
+
 static inline __attribute__((always_inline)) void tile(
     const int mr, const int gated, const int8_t *restrict xq, int64_t ldq,
     const float *restrict xs, const int32_t *restrict xn, int64_t ldb, const uint8_t *restrict panel,
     int64_t block4, int64_t blocks, const float *restrict ws, const float *restrict bias,
     float *restrict out, int64_t ldo, int cols
 ) {
-    __m512 acc[MR][4];
-#pragma GCC unroll 3
-    for (int r = 0; r < MR; ++r)
-        acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
+    __m512 f00, f01, f02, f03, f10, f11, f12, f13, f20, f21, f22, f23;
+    ZERO4(f, 0) = ZERO4(f, 1) = ZERO4(f, 2) = _mm512_setzero_ps();
     for (int64_t b = 0; b < blocks; ++b) {
-        __m512i ia[MR][4];
-#pragma GCC unroll 3
-        for (int r = 0; r < MR; ++r)
-            if (r < mr) ia[r][0] = ia[r][1] = ia[r][2] = ia[r][3] = _mm512_set1_epi32(xn[r * ldb + b]);
+        __m512i i00, i01, i02, i03, i10, i11, i12, i13, i20, i21, i22, i23;
+        ZERO4(i, 0) = _mm512_set1_epi32(xn[b]);
+        ZERO4(i, 1) = mr > 1 ? _mm512_set1_epi32(xn[ldb + b]) : _mm512_setzero_si512();
+        ZERO4(i, 2) = mr > 2 ? _mm512_set1_epi32(xn[2 * ldb + b]) : _mm512_setzero_si512();
         for (int64_t g = b * block4; g < (b + 1) * block4; ++g) {
             const uint8_t *w = panel + g * NR * 4;
             const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64);
             const __m512i w2 = _mm512_loadu_si512(w + 128), w3 = _mm512_loadu_si512(w + 192);
-#pragma GCC unroll 3
-            for (int r = 0; r < MR; ++r) {
-                if (r < mr) {
-                    int32_t four;
-                    memcpy(&four, xq + r * ldq + 4 * g, 4);
-                    const __m512i a = _mm512_set1_epi32(four);
-                    ia[r][0] = _mm512_dpbusd_epi32(ia[r][0], w0, a);
-                    ia[r][1] = _mm512_dpbusd_epi32(ia[r][1], w1, a);
-                    ia[r][2] = _mm512_dpbusd_epi32(ia[r][2], w2, a);
-                    ia[r][3] = _mm512_dpbusd_epi32(ia[r][3], w3, a);
-                }
+            const __m512i a0 = broadcast4(xq + 4 * g);
+            DP4(0, a0);
+            if (mr > 1) {
+                const __m512i a1 = broadcast4(xq + ldq + 4 * g);
+                DP4(1, a1);
+            }
+            if (mr > 2) {
+                const __m512i a2 = broadcast4(xq + 2 * ldq + 4 * g);
+                DP4(2, a2);
             }
         }
-#pragma GCC unroll 3
-        for (int r = 0; r < MR; ++r) {
-            if (r < mr) {
-                const __m512 s = _mm512_set1_ps(xs[r * ldb + b]);
-                for (int v = 0; v < 4; ++v)
-                    acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[r][v]), s, acc[r][v]);
-            }
+        const __m512 s0 = _mm512_set1_ps(xs[b]);
+        FMA4(0, s0);
+        if (mr > 1) {
+            const __m512 s1 = _mm512_set1_ps(xs[ldb + b]);
+            FMA4(1, s1);
+        }
+        if (mr > 2) {
+            const __m512 s2 = _mm512_set1_ps(xs[2 * ldb + b]);
+            FMA4(2, s2);
         }
     }
+    const __m512 acc[MR][4] = {{f00, f01, f02, f03}, {f10, f11, f12, f13}, {f20, f21, f22, f23}};
 #pragma GCC unroll 3
     for (int r = 0; r < MR; ++r) {
         if (r >= mr) continue;
@@ -181,7 +194,11 @@ void leaflm_int8_gemm(
     const int64_t blocks = (K + block - 1) / block, Kp = blocks * block;
     const int64_t panels = (N + width - 1) / width;
     const int threads = M * N * K < PARALLEL_MIN_MACS ? 1 : num_threads;
-    const int64_t items = (M + MC - 1) / MC * panels;
+    /* Few panels (a 576-wide output has 9): split the rows too, so that the threads' shares
+     * even out; a panel (K x 64 bytes) read again by the next row block comes from L2. */
+    int64_t mc = MC;
+    while (mc > 8 * MR && (M + mc - 1) / mc * panels < 8 * threads) mc /= 2;
+    const int64_t items = (M + mc - 1) / mc * panels;
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
@@ -190,8 +207,8 @@ void leaflm_int8_gemm(
                          xn + m * blocks);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < items; ++item) {
-            const int64_t m0 = item / panels * MC, p = item % panels;
-            const int64_t m1 = m0 + MC < M ? m0 + MC : M;
+            const int64_t m0 = item / panels * mc, p = item % panels;
+            const int64_t m1 = m0 + mc < M ? m0 + mc : M;
             const int cols = N - p * width < width ? (int)(N - p * width) : width;
             const uint8_t *panel = packed + p * Kp * NR;
             for (int64_t m = m0; m < m1; m += MR) {

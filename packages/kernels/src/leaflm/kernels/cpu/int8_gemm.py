@@ -235,13 +235,15 @@ def _run(x: torch.Tensor, packed: Int8Weight, bias: torch.Tensor | None) -> torc
     m, n, k = rows.shape[0], packed.out_features, packed.in_features
     out = torch.empty((m, n), dtype=torch.float32)
     if m:
-        blocks = packed.data.shape[1] * 4 // packed.block
-        xq = torch.empty((m, blocks * packed.block), dtype=torch.int8)
-        xs = torch.empty((m, blocks), dtype=torch.float32)
-        xn = torch.empty((m, blocks), dtype=torch.int32)
+        padded = packed.data.shape[1] * 4
+        blocks = padded // packed.block
+        # one scratch buffer: the quantized rows, then their scales and sums (4-byte aligned)
+        q_bytes = -(-m * padded // 64) * 64
+        scratch = torch.empty(q_bytes + 8 * m * blocks, dtype=torch.uint8)
+        xq = scratch.data_ptr()
         b = None if bias is None else bias.float().contiguous()
         _kernel()(
-            rows.data_ptr(), rows.stride(0), xq.data_ptr(), xs.data_ptr(), xn.data_ptr(),
+            rows.data_ptr(), rows.stride(0), xq, xq + q_bytes, xq + q_bytes + 4 * m * blocks,
             packed.data.data_ptr(), packed.scales.data_ptr(),
             None if b is None else b.data_ptr(), out.data_ptr(), n, m, n, k, packed.block,
             int(packed.gated), torch.get_num_threads(),

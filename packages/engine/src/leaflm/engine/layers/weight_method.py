@@ -31,9 +31,16 @@ shard)` as the float loader slices tensors), and `process_weights_after_loading`
 finishes (or does nothing, `layer.packed` being set). Such a layer may drop its float
 parameter before loading (`layer.drop_plain_weight()`), so the float copy never exists.
 
+Such a method needs its layers to hold it before loading: set `layer.weight_method =
+get_weight_method(name).method_for_layer(layer)` ahead of `load_weights` (methods keep
+their state in `layer.packed`, so the fresh instance `prepare_weights` assigns afterwards
+finds it there).
+
 `prepare_weights(model, quantization)` gives each layer its method (`method_for_layer` may
-hand a layer a format does not cover to the default method) and prepares it; the model
-runner calls it after loading, on every tensor-parallel rank.
+hand a layer a format does not cover to the default method, as `"int8"` does the LM head)
+and prepares it; the model runner calls it after loading, on every tensor-parallel rank, in
+the same module order (a method may run a collective there: `"int8"` all-reduces the row
+maxima of row-parallel shards so that every rank quantizes as TP=1 would).
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def kernel_available() -> bool:
         return False
     g = torch.Generator().manual_seed(0)
     w, b, x = (torch.randn(s, generator=g) for s in ((70, 20), (70,), (9, 20)))
-    packed = pack_weight(w, block=8)
+    packed = _pack(w, False, 8, None, panel_width())
     q, s = quantize_weight(w)
     ref = int8_linear_reference(x, q, s, b, block=8)
     return bool(torch.allclose(int8_linear(x, packed, b), ref, atol=1e-5, rtol=1e-5))
@@ -145,12 +145,21 @@ def pack_weight(
     """Quantize an ``[out, in]`` float weight (a merged ``[gate; up]`` one if ``gated``) for
     activations quantized in blocks of ``block`` values (None: whole rows); ``row_amax``: see
     :func:`quantize_weight`."""
+    return _pack(weight, gated, block, row_amax, panel_width() if kernel_available() else 0)
+
+
+def _pack(
+    weight: torch.Tensor,
+    gated: bool,
+    block: int | None,
+    row_amax: torch.Tensor | None,
+    width: int,
+) -> Int8Weight:
     out_features, in_features = weight.shape
     if gated and out_features % 2:
         raise ValueError(f"a gated weight has [gate; up] rows, got {out_features} rows")
     block = block_size(in_features, block)
     q, s = quantize_weight(weight, row_amax)
-    width = panel_width()
     if not width:
         return Int8Weight(q, s, out_features, in_features, block, 0, gated)
     padded = -(-in_features // block) * block

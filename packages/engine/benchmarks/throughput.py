@@ -5,7 +5,7 @@ vocab 49152, tied embeddings) with random weights, float32 on CPU; the model dir
 built once and cached. Prints leaflm's output tokens/s; the bench package adds the HF
 side-by-side.
 
-    OMP_NUM_THREADS=2 python packages/engine/benchmarks/throughput.py
+    OMP_NUM_THREADS=2 python packages/engine/benchmarks/throughput.py [--quantization int8]
 
 OpenMP's idle threads wait as `leaflm.engine` sets by default (a short spin, see its
 `__init__`), since it is imported before torch; an OMP_WAIT_POLICY or GOMP_SPINCOUNT in the
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--quantization", default=None, help="e.g. int8 (default: float32)")
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/leaflm/bench"))
     parser.add_argument("--json", action="store_true", help="print one JSON line instead")
     args = parser.parse_args()
@@ -76,6 +77,7 @@ def main() -> None:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         kv_cache_memory="2GiB",
+        quantization=args.quantization,
     )
     vocab = llm.llm_engine.runner.vocab_size
     g = torch.Generator().manual_seed(0)
@@ -102,7 +104,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
-        "cpu_linear": gemm.linear_backend(),
+        "cpu_linear": args.quantization or gemm.linear_backend(),
     }
     if args.json:
         print(json.dumps(result))

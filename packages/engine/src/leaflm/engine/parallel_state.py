@@ -57,6 +57,16 @@ def all_reduce(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    """The elementwise max of `x` over the ranks, in place (load time: quantization scales)."""
+    if _STATE.size == 1:
+        return x
+    import torch.distributed as dist
+
+    dist.all_reduce(x, op=dist.ReduceOp.MAX, group=_STATE.group)
+    return x
+
+
 def _count(start: float) -> None:
     COMM["seconds"] += time.perf_counter() - start
     COMM["calls"] += 1

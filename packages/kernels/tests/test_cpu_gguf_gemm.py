@@ -1,0 +1,150 @@
+"""GGUF block kernels: the packed layout reads back as the `gguf` package dequantizes the
+file's blocks; the C kernel equals the reference op (same activation quantization) to float
+rounding and a plain fp32 matmul of the dequantized weight loosely; the activation
+quantization in C and in PyTorch agree bit for bit; row lookups dequantize only those rows."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from leaflm.kernels.cpu import build, gguf_blocks, gguf_gemm
+
+gguf = pytest.importorskip("gguf")
+from gguf.quants import dequantize, quantize  # noqa: E402
+
+TYPES = {
+    "Q4_0": gguf.GGMLQuantizationType.Q4_0,
+    "Q4_1": gguf.GGMLQuantizationType.Q4_1,
+    "Q8_0": gguf.GGMLQuantizationType.Q8_0,
+}
+
+
+def _raw(rows: int, cols: int, qtype, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32) / 8
+    raw = quantize(w, qtype)
+    return raw, dequantize(raw, qtype).reshape(rows, cols)
+
+
+@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("rows", [1, 16, 37])
+def test_packed_blocks_read_back_as_gguf_dequantizes(name, rows):
+    raw, want = _raw(rows, 96, TYPES[name], rows)
+    q, d, m = gguf_blocks.parse(raw, TYPES[name], rows, 96)
+    torch.testing.assert_close(gguf_blocks.dequantize(q, d, m), torch.from_numpy(want))
+    packed = gguf_blocks.pack(raw, TYPES[name], rows, 96)
+    assert packed.shape == (
+        -(-rows // 16),
+        3,
+        gguf_blocks.block_format(TYPES[name]).panel_block_bytes,
+    )
+    if rows % 16 == 0:  # same bytes, reordered
+        assert packed.numel() == raw.size
+    picked = torch.tensor([rows - 1, 0, rows // 2])
+    got = gguf_blocks.unpack_rows(packed, TYPES[name], picked)
+    for part, ref in zip(got, (q, d, m), strict=True):
+        if ref is None:
+            assert part is None
+        else:
+            assert torch.equal(part, ref[picked])
+
+
+def test_bad_shapes_and_types_are_value_errors():
+    raw, _ = _raw(4, 64, TYPES["Q8_0"], 0)
+    with pytest.raises(ValueError, match="takes"):
+        gguf_blocks.pack(raw, TYPES["Q8_0"], 5, 64)
+    with pytest.raises(ValueError, match="whole blocks"):
+        gguf_blocks.pack(raw, TYPES["Q8_0"], 4, 60)
+    with pytest.raises(ValueError, match="supported"):
+        gguf_blocks.block_format(gguf.GGMLQuantizationType.Q5_K)
+
+
+needs_c = pytest.mark.skipif(not gguf_gemm.available(), reason="no C kernels on this machine")
+
+
+@needs_c
+def test_activation_quantization_in_c_matches_pytorch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 128, generator=g) * torch.logspace(-3, 2, 128)
+    x[3, :32] = 0.0  # an all-zero block: scale 0
+    q = torch.empty(7, 128, dtype=torch.int8)
+    d = torch.empty(7, 4)
+    s = torch.empty(7, 4, dtype=torch.int32)
+    build.require_library().leaflm_gguf_quantize_rows(
+        x.data_ptr(), 128, 7, 128, q.data_ptr(), d.data_ptr(), s.data_ptr()
+    )
+    rq, rd, rs = gguf_gemm.quantize_activations(x)
+    assert torch.equal(q.view(7, 4, 32).float(), rq)
+    assert torch.equal(d, rd)
+    assert torch.equal(s.float(), rs)
+
+
+@needs_c
+@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("m", [0, 1, 3, 8, 9, 64, 130])
+@pytest.mark.parametrize("n", [16, 45])
+def test_kernel_matches_reference(name, m, n):
+    raw, w = _raw(n, 160, TYPES[name], m * 100 + n)
+    weight = gguf_gemm.pack_gguf_weight(raw, TYPES[name], n, 160)
+    x = torch.randn(m, 160, generator=torch.Generator().manual_seed(m))
+    got = gguf_gemm.gguf_linear(x, weight)
+    want = gguf_gemm.reference_gguf_linear(x, weight)
+    torch.testing.assert_close(got, want.float(), atol=2e-5, rtol=1e-5)
+    # activation quantization is the only difference from the dequantized fp32 matmul
+    dense = F.linear(x, torch.from_numpy(w))
+    if m:
+        err = (got - dense).norm() / dense.norm()
+        assert err < 0.02, err
+
+
+@needs_c
+@pytest.mark.parametrize("threads", [1, 2])
+def test_smollm_shapes_3d_strided_and_bias(threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        raw, _ = _raw(192, 576, TYPES["Q4_1"], 5)
+        weight = gguf_gemm.pack_gguf_weight(torch.from_numpy(raw), TYPES["Q4_1"], 192, 576)
+        bias = torch.randn(192)
+        x = torch.randn(2, 40, 1152)[..., ::2]  # strided rows, 3-D
+        got = gguf_gemm.gguf_linear(x, weight, bias)
+        assert got.shape == (2, 40, 192)
+        want = gguf_gemm.reference_gguf_linear(x, weight, bias).float()
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_reference_op_runs_without_the_c_kernels(monkeypatch):
+    raw, _ = _raw(20, 64, TYPES["Q4_0"], 1)
+    weight = gguf_gemm.pack_gguf_weight(raw, TYPES["Q4_0"], 20, 64)
+    x = torch.randn(3, 64)
+    monkeypatch.setattr(build, "library", lambda: None)
+    got = gguf_gemm.gguf_linear(x, weight)
+    torch.testing.assert_close(got, gguf_gemm.reference_gguf_linear(x, weight).float())
+    with pytest.raises(ValueError, match="float32"):
+        gguf_gemm.gguf_linear(x.double(), weight)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_rows_lookup_dequantizes_the_looked_up_rows(name):
+    raw, w = _raw(50, 64, TYPES[name], 3)
+    weight = gguf_gemm.pack_gguf_weight(raw, TYPES[name], 50, 64)
+    ids = torch.tensor([[4, 49], [0, 4]])
+    got = gguf_gemm.gguf_rows(weight, ids)
+    assert got.shape == (2, 2, 64)
+    torch.testing.assert_close(got, torch.from_numpy(w)[ids])
+
+
+def test_library_declares_the_kernels():
+    lib = build.library()
+    if lib is None:
+        pytest.skip(build.unavailable_reason())
+    assert lib.leaflm_gguf_block_stride(3) == 320
+    assert lib.leaflm_gguf_block_stride(12) == 0  # Q4_K: not a block kernel (yet)
+    assert isinstance(lib.leaflm_gguf_vnni(), int)
+    assert isinstance(lib.leaflm_gguf_gemm, ctypes._CFuncPtr)

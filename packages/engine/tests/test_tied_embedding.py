@@ -17,7 +17,7 @@ def test_tied_head_shares_its_packed_table_and_matches_transformers(tiny_models)
     llm = LLM(str(model_dir), kv_cache_memory="2MiB")
     model = llm.llm_engine.runner.model
     embed, head = model.model.embed_tokens, model.lm_head
-    assert embed.weight is None and embed.packed is head.packed is not None
+    assert embed.weight is None and embed.row_source is not None and head.packed is not None
     prompts = random_token_prompts(3, vocab=380, lo=3, hi=30, seed=5)
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=1)
     outs = llm.generate(prompts, params, use_tqdm=False)

@@ -87,6 +87,10 @@ def _run_cache(args: argparse.Namespace) -> int:
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--quantization", default=None,
+        help="weight format of the linear layers: int8 (W8A8 on CPU) (default: float)",
+    )  # fmt: skip
+    p.add_argument(
         "--kv-cache-memory", default=None,
         help="CPU KV cache size, e.g. 256MiB (default: the engine's, allocated whole at start)",
     )  # fmt: skip
@@ -112,7 +116,9 @@ def _run_generate(args: argparse.Namespace) -> int:
     show_startup_progress()
     from leaflm.engine import LLM, SamplingParams
 
-    llm = LLM(model=args.model, kv_cache_memory=args.kv_cache_memory)
+    llm = LLM(
+        model=args.model, kv_cache_memory=args.kv_cache_memory, quantization=args.quantization
+    )
     params = SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
@@ -125,7 +131,9 @@ def _run_chat(args: argparse.Namespace) -> int:
     show_startup_progress()
     from leaflm.engine import LLM, SamplingParams
 
-    llm = LLM(model=args.model, kv_cache_memory=args.kv_cache_memory)
+    llm = LLM(
+        model=args.model, kv_cache_memory=args.kv_cache_memory, quantization=args.quantization
+    )
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": args.message})
     params = SamplingParams(

@@ -62,6 +62,7 @@ class EngineArgs:
     swap_space_gb: float = 0.0
     seed: int = 0
     served_model_name: str | None = None
+    quantization: str | None = None  # None: float weights; "int8": see layers/weight_method
 
     def __post_init__(self) -> None:
         def positive_int(name: str, allow_none: bool = False) -> None:
@@ -105,6 +106,10 @@ class EngineArgs:
             raise ValueError(f"swap_space_gb must be >= 0, got {self.swap_space_gb}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.quantization is not None:
+            from leaflm.engine.layers.weight_method import get_weight_method
+
+            get_weight_method(self.quantization)  # ValueError naming the known ones
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -135,6 +140,7 @@ class ModelConfig:
     device: torch.device
     max_model_len: int
     served_name: str
+    quantization: str | None = None  # the weight method's name (every rank prepares its own)
 
     @property
     def max_position_embeddings(self) -> int:

@@ -35,6 +35,11 @@ def load_model_config(args: EngineArgs) -> tuple[ModelConfig, Any, frozenset[int
     tokenizer = AutoTokenizer.from_pretrained(path)
     device = args.resolve_device()
     dtype = args.resolve_dtype(device, hf_config)
+    if args.quantization is not None and (device.type != "cpu" or dtype != torch.float32):
+        raise ValueError(
+            f"quantization={args.quantization!r} runs on CPU in float32 only, got device "
+            f"{device} and dtype {dtype}"
+        )
     limit = int(getattr(hf_config, "max_position_embeddings", 2048))
     if args.max_model_len is not None and args.max_model_len > limit:
         raise ValueError(
@@ -58,6 +63,7 @@ def load_model_config(args: EngineArgs) -> tuple[ModelConfig, Any, frozenset[int
         device=device,
         max_model_len=args.max_model_len or limit,
         served_name=name,
+        quantization=args.quantization,
     )
     return config, tokenizer, frozenset(eos)
 

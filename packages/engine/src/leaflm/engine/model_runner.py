@@ -54,10 +54,11 @@ class ModelRunner:
                 time.perf_counter() - start,
             )
             start = time.perf_counter()
-            packed = pack_for_cpu(self.model)
+            quant = model_config.quantization
+            packed = pack_for_cpu(self.model, quant)
             logger.info(
-                "packed %d linear weights (%s) in %.1f s", packed, gemm.linear_backend(),
-                time.perf_counter() - start,
+                "packed %d linear weights (%s) in %.1f s", packed,
+                quant or gemm.linear_backend(), time.perf_counter() - start,
             )  # fmt: skip
             malloc_tuning.release_free_heap()  # the freed plain weights' holes
             malloc_tuning.retain_freed_memory()  # activations are re-allocated every layer

@@ -49,6 +49,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "model's float16/bfloat16, else bfloat16)",
     )  # fmt: skip
     e.add_argument(
+        "--quantization", default=None,
+        help="weight format of the linear layers: int8 (per-channel int8 weights, per-token "
+        "int8 activations, CPU only) (default: the model's float weights)",
+    )  # fmt: skip
+    e.add_argument(
         "--device", default="auto",
         help="cpu, cuda or cuda:N (default: auto = cuda when available, else cpu)",
     )  # fmt: skip
@@ -246,6 +251,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "enable_prefix_caching": args.enable_prefix_caching,
         "swap_space_gb": args.swap_space,
         "seed": args.seed,
+        "quantization": args.quantization,
     }
 
 

@@ -8,6 +8,9 @@ At TP=1 the shard is the whole vocabulary and both collectives are no-ops.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,13 +18,14 @@ from torch import nn
 from leaflm.engine.layers.linear import PackableLinear
 from leaflm.engine.layers.sharding import Shard, vocab_rows, vocab_shard
 from leaflm.engine.parallel_state import all_reduce, gather_last_dim, tp_size
-from leaflm.kernels.cpu import gemm
 
 
 class VocabEmbedding(nn.Module):
     """`parallel=False` replicates the table (e.g. GPT-2's learned positions)."""
 
-    packed: gemm.PackedWeight | None = None  # the tied LM head's packed copy, once shared
+    # rows of the table read back from the tied LM head's prepared copy, once it holds it
+    # (a function, not the head itself: that would make the head a submodule of its own input)
+    row_source: Callable[[torch.Tensor], torch.Tensor | None] | None = None
 
     def __init__(self, vocab_size: int, hidden_size: int, parallel: bool = True) -> None:
         super().__init__()
@@ -46,18 +50,22 @@ class VocabEmbedding(nn.Module):
         return all_reduce(out)
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return gemm.packed_rows(self.packed, ids)
+        if self.row_source is not None:
+            rows = self.row_source(ids.reshape(-1))
+            assert rows is not None  # checked by share_rows
+            return rows.view(*ids.shape, rows.shape[-1])
         return F.embedding(ids, self.weight)
 
-    def share_packed(self, packed: gemm.PackedWeight) -> bool:
-        """Look tokens up in `packed` (this table, packed by a tied head) and free the plain one.
+    def share_rows(self, head: PackableLinear) -> bool:
+        """Look tokens up in the tied `head`'s prepared copy of this table; free the plain one.
 
-        Only leaflm's panel layout has addressable rows; with oneDNN's both copies stay.
+        Only where the head's weight method can read rows back (leaflm's float panels, int8
+        rows dequantized); otherwise (oneDNN's layout) both copies stay.
         """
-        if not packed.panel_width or packed.gated:
+        rows = functools.partial(head.weight_method.rows, head)
+        if rows(torch.zeros(1, dtype=torch.long)) is None:
             return False
-        self.packed = packed
+        self.row_source = rows
         self.register_parameter("weight", None)
         return True
 
@@ -65,8 +73,9 @@ class VocabEmbedding(nn.Module):
 class LMHead(PackableLinear):
     """Projects hidden states to vocabulary logits; tied heads reuse the embedding weight.
 
-    Packed on CPU like any linear layer; a tied head's embedding then reads its rows from
-    the packed copy (see `VocabEmbedding.share_packed`), so the table is held once. Under TP
+    Prepared by its weight method like any linear layer; a tied head's embedding then reads
+    its rows from the prepared copy (see `VocabEmbedding.share_rows`), so the table is held
+    once. Under TP
     only rank 0 gets the logits (`[T, V]`); the other ranks get `[T, 0]`.
     """
 
@@ -89,14 +98,11 @@ class LMHead(PackableLinear):
     def drop_plain_weight(self) -> None:
         if self.tied_to is None:
             super().drop_plain_weight()
-        elif self.packed is not None:
-            self.tied_to.share_packed(self.packed)
+        else:
+            self.tied_to.share_rows(self)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            logits = self.packed_forward(hidden, None)
-        else:
-            logits = F.linear(hidden, self.plain_weight())
+        logits = self.weight_method.apply(self, hidden, None)
         if not self.parallel:
             return logits
         return gather_last_dim(logits)[..., : self.vocab_size]

@@ -2,43 +2,47 @@
 
 Merging the projections that read the same input turns three (or two) matmuls into one,
 which matters on CPU where each GEMM call has fixed overhead. On CPU in float32, each weight
-is packed once after loading (see `leaflm.kernels.cpu.gemm`: leaflm's own GEMM where the C
-kernels have AVX-512, oneDNN's otherwise), which runs decode-sized batches 1.5-2x faster than
-`F.linear`; the plain copy is then dropped.
+is prepared once after loading by the layer's weight method (`weight_method.py`): by default
+packed for leaflm's GEMM (`leaflm.kernels.cpu.gemm`; oneDNN's where the C kernels lack
+AVX-512), which runs decode-sized batches 1.5-2x faster than `F.linear`; with
+`quantization="int8"` quantized for the int8 GEMM. The float copy is then dropped.
 
 Tensor parallelism is the other, independent choice: `ColumnParallelLinear` keeps some output
 rows, `RowParallelLinear` some input columns and sums the ranks' partial outputs. Each only
 records its `Shard`s (what the loader reads) and whether to all-reduce; the weight method
-(plain or packed) is the same code whichever shard it holds.
+is the same code whichever shard it holds.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from leaflm import kernels
 from leaflm.engine.layers.sharding import Ranges, Shard, even_ranges
+from leaflm.engine.layers.weight_method import DEFAULT_METHOD, WeightMethod, prepare_weights
 from leaflm.engine.parallel_state import all_reduce, tp_rank
-from leaflm.kernels.cpu import gemm
 
 
-def pack_for_cpu(model: nn.Module) -> int:
-    """Pack every packable linear weight of a float32 CPU model; returns how many."""
-    if not gemm.packing_available():
-        return 0
-    packed = 0
-    for module in model.modules():
-        if isinstance(module, PackableLinear) and module.pack_cpu_weight():
-            packed += 1
-    return packed
+def pack_for_cpu(model: nn.Module, quantization: str | None = None) -> int:
+    """Prepare every linear weight with the weight method of `quantization`; returns how many.
+
+    None packs float32 CPU weights for leaflm's GEMM (see `weight_method`).
+    """
+    return prepare_weights(model, quantization)
 
 
 class PackableLinear(nn.Module):
-    """A layer whose forward is `x @ W.T + b` for some `[out, in]` weight it can pack."""
+    """A layer whose forward is `x @ W.T + b` for some `[out, in]` weight.
 
-    packed: gemm.PackedWeight | None = None
+    How the weight is kept and multiplied is its `weight_method`'s business (float32 packed
+    panels by default, int8, ...); the layer itself only knows its shards.
+    """
+
+    packed: Any = None  # the weight method's prepared form of the weight
+    weight_method: WeightMethod = DEFAULT_METHOD
+    gated = False  # merged [gate; up] rows whose forward is silu(gate) * up
 
     def __init__(self) -> None:
         super().__init__()
@@ -49,6 +53,10 @@ class PackableLinear(nn.Module):
     def checkpoint_shard(self, param: str, shard: int = -1) -> Shard | None:
         return self.shards.get((param, shard))
 
+    def own_bias(self) -> torch.Tensor | None:
+        """The layer's bias parameter, if it has one (an LM head has none)."""
+        return getattr(self, "bias", None)
+
     def local_bias(self, bias: torch.Tensor | None) -> torch.Tensor | None:
         """A row-parallel bias is added once, by rank 0, before the sum over ranks."""
         return bias if not self.reduce_output or tp_rank() == 0 else None
@@ -57,27 +65,14 @@ class PackableLinear(nn.Module):
         """The `[out, in]` weight, as F.linear takes it."""
         raise NotImplementedError
 
-    def pack_cpu_weight(self) -> bool:
-        """Swap in the packed weight (float32 CPU only); the plain one is freed."""
-        if self.packed is not None:
-            return False
-        w = self.plain_weight()
-        if w.device.type != "cpu" or w.dtype != torch.float32:
-            return False
-        self.packed = self.pack(w)
-        self.drop_plain_weight()
-        return True
-
-    def pack(self, weight: torch.Tensor) -> gemm.PackedWeight:
-        """The packed form this layer's forward reads (a plain linear's, unless overridden)."""
-        return gemm.pack_weight(weight)
-
     def drop_plain_weight(self) -> None:
+        """Free the float weight once the weight method holds its own form of it."""
         self.register_parameter("weight", None)
 
-    def packed_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        assert self.packed is not None
-        return gemm.packed_linear(x, self.packed, bias)
+    def apply_weight(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """`x @ W.T + bias` through the weight method, all-reduced if row-parallel."""
+        y = self.weight_method.apply(self, x, bias)
+        return all_reduce(y) if self.reduce_output else y
 
 
 class Linear(PackableLinear):
@@ -91,12 +86,7 @@ class Linear(PackableLinear):
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.local_bias(self.bias)
-        if self.packed is not None:
-            y = self.packed_forward(x, bias)
-        else:
-            y = F.linear(x, self.weight, bias)
-        return all_reduce(y) if self.reduce_output else y
+        return self.apply_weight(x, self.local_bias(self.bias))
 
     def plain_weight(self) -> torch.Tensor:
         return self.weight
@@ -162,19 +152,15 @@ class MergedLinear(Linear):
 class SiluGatedLinear(MergedLinear):
     """A SiLU-gated MLP's merged gate/up projection: ``forward`` gives ``silu(gate) * up``.
 
-    Packed on CPU (leaflm's GEMM, no bias), the activation runs inside the GEMM: it never
-    writes the twice-as-wide gate/up output for a separate pass to read back (a 2048-token
-    prefill chunk of SmolLM: 25 MB per layer).
+    Weight methods fuse the activation into the GEMM where they can (float32 packed and
+    int8 on CPU, no bias): it never writes the twice-as-wide gate/up output for a separate
+    pass to read back (a 2048-token prefill chunk of SmolLM: 25 MB per layer).
     """
+
+    gated = True
 
     def __init__(self, in_features: int, intermediate_size: int, bias: bool = False) -> None:
         super().__init__(in_features, [intermediate_size, intermediate_size], bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and self.packed.gated:
-            return gemm.packed_silu_and_mul(x, self.packed)
-        return kernels.silu_and_mul(super().forward(x))
-
-    def pack(self, weight: torch.Tensor) -> gemm.PackedWeight:
-        gated = gemm.pack_gated_weight(weight) if self.bias is None else None
-        return gated if gated is not None else super().pack(weight)
+        return self.weight_method.apply_gated(self, x)

@@ -21,7 +21,6 @@ from leaflm.engine.layers.embedding import VocabEmbedding
 from leaflm.engine.layers.linear import PackableLinear
 from leaflm.engine.layers.sharding import Ranges, Shard, arch_of, even_ranges, scaled, shard_heads
 from leaflm.engine.models.base import CausalLM
-from leaflm.engine.parallel_state import all_reduce
 
 
 class Conv1DLinear(PackableLinear):
@@ -55,14 +54,7 @@ class Conv1DLinear(PackableLinear):
         return self.weight.t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.local_bias(self.bias)
-        if self.packed is not None:
-            y = self.packed_forward(x, bias)
-        elif bias is None:
-            y = x @ self.weight
-        else:
-            y = torch.addmm(bias, x, self.weight)
-        return all_reduce(y) if self.reduce_output else y
+        return self.apply_weight(x, self.local_bias(self.bias))
 
 
 class GPT2Attention(nn.Module):

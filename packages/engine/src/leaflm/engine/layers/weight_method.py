@@ -157,4 +157,5 @@ def prepare_weights(model: nn.Module, quantization: str | None = None) -> int:
 
 
 def _load_builtin_methods() -> None:
-    """Import the modules that register the built-in formats (none yet besides the default)."""
+    """Import the modules that register the built-in formats."""
+    from leaflm.engine.layers import gguf_method  # noqa: F401  (registers "gguf")

@@ -25,7 +25,7 @@ from leaflm.engine.loader import load_weights
 from leaflm.engine.models.registry import load_hf_config, resolve_model_class
 from leaflm.engine.parallel_state import set_tensor_parallel
 from leaflm.engine.testing import build_tiny_model, random_token_prompts, write_tiny_gguf
-from leaflm.kernels.cpu import gguf_gemm
+from leaflm.kernels.cpu import gguf_blocks, gguf_gemm
 
 Q = gguf.GGMLQuantizationType
 pytestmark = pytest.mark.skipif(not gguf_gemm.available(), reason="no C kernels here")
@@ -60,9 +60,16 @@ def gguf_files(tmp_path_factory):
     qtypes["output.weight"] = Q.Q4_1
     tied = build_tiny_model(root / "tied", "llama", tie_word_embeddings=True, seed=1)
     tied_q = {**_qtypes(2, [ALL_Q4_1]), "token_embd.weight": Q.Q8_0}
+    kq = build_tiny_model(root / "kq", "llama", intermediate_size=256, seed=2)
+    kq_types = _qtypes(2, [{**dict.fromkeys(ALL_Q4_1, Q.Q8_0)}])
+    raw = {  # K-quants need 256 inputs: the down projections (gguf-py cannot quantize them)
+        f"blk.{i}.ffn_down.weight": (gguf_blocks.random_blocks(t, 64, 256, i), t)
+        for i, t in enumerate((Q.Q4_K, Q.Q6_K))
+    }
     return {
         "untied": write_tiny_gguf(untied, root / "untied.gguf", qtypes=qtypes),
         "tied": write_tiny_gguf(tied, root / "tied.gguf", qtypes=tied_q),
+        "kquant": write_tiny_gguf(kq, root / "kq.gguf", qtypes=kq_types, raw_tensors=raw),
     }
 
 
@@ -96,7 +103,7 @@ def _methods(llm: LLM) -> dict[str, str]:
 PROMPTS = random_token_prompts(4, vocab=380, lo=8, hi=40, seed=3)
 
 
-@pytest.mark.parametrize("which", ["untied", "tied"])
+@pytest.mark.parametrize("which", ["untied", "tied", "kquant"])
 def test_blocks_match_the_dequantized_float_path(gguf_files, which, caplog):
     with engine(gguf_files[which]) as llm:
         want = _prompt_logprobs(llm, PROMPTS)
@@ -115,6 +122,10 @@ def test_blocks_match_the_dequantized_float_path(gguf_files, which, caplog):
         assert len(gguf_layers) == len(methods) - 1
         assert model.lm_head.packed.format_name == "Q4_1"
         assert model.model.layers[1].mlp.down_proj.packed.format_name == "Q4_0"
+    elif which == "kquant":
+        assert len(gguf_layers) == len(methods) - 1  # the F32 head stays float
+        layers = model.model.layers
+        assert [m.mlp.down_proj.packed.format_name for m in layers] == ["Q4_K", "Q6_K"]
     else:
         assert len(gguf_layers) == len(methods)  # the tied head too, on the Q8_0 table
         assert model.lm_head.packed.format_name == "Q8_0"
@@ -127,7 +138,7 @@ def worker_pool():
         yield pool
 
 
-@pytest.mark.parametrize("which", ["untied", "tied"])
+@pytest.mark.parametrize("which", ["untied", "tied", "kquant"])
 def test_each_layer_holds_exactly_its_float_weight_in_blocks(gguf_files, which):
     """Layout, Q/K unpermutation and merged parts: every block-held layer dequantizes to the
     very weight the float loader gives it."""

@@ -7,9 +7,10 @@ shard, in the same order the float loader gives it:
 
 - llama.cpp's Q/K row permutation (see ``tensors.py``) is a permutation of whole rows, so it
   is undone on block rows before slicing;
-- a column shard must start and end on a block boundary (32 inputs), else a ValueError;
+- a column shard must start and end on a block boundary (32 inputs; 256 for K-quants),
+  else a ValueError;
 - a merged layer (q/k/v, gate/up) needs every part in the same block type; otherwise it, like
-  a layer whose tensor has no block kernel (F32, F16, K-quants today), keeps its float
+  a layer whose tensor has no block kernel (F32, F16, Q5_K, ...), keeps its float
   weight, and one log line names those layers.
 """
 
@@ -86,7 +87,7 @@ def _layer_weight(
     out_features, in_features = layer.plain_weight().shape
     if raw.shape[0] < out_features:  # the last rank's vocab padding: zero blocks
         raw = np.pad(raw, ((0, out_features - raw.shape[0]), (0, 0)))
-    if raw.shape != (out_features, in_features // gguf_blocks.BLOCK * fmt.block_bytes):
+    if raw.shape != (out_features, in_features // fmt.elems * fmt.block_bytes):
         raise ValueError(
             f"GGUF tensor(s) {', '.join(gnames)} give {raw.shape[0]} rows of {raw.shape[1]} "
             f"bytes, the layer needs [{out_features}, {in_features}] in {fmt.name}"
@@ -98,9 +99,9 @@ def _rows(f: GGUFFile, gname: str, fmt: gguf_blocks.BlockFormat, hf_config) -> n
     """The tensor's blocks as ``[rows, bytes per row]``, Q/K rows unpermuted as in tensors.py."""
     tensor = f.tensors[gname]
     cols, rows = (int(d) for d in tensor.shape.tolist()[:2])
-    if cols % gguf_blocks.BLOCK:
-        raise ValueError(f"{f.path}: {gname} rows of {cols} are not whole blocks")
-    data = np.asarray(tensor.data).view(np.uint8).reshape(rows, cols // 32 * fmt.block_bytes)
+    if cols % fmt.elems:
+        raise ValueError(f"{f.path}: {gname} rows of {cols} are not whole {fmt.name} blocks")
+    data = np.asarray(tensor.data).view(np.uint8).reshape(rows, cols // fmt.elems * fmt.block_bytes)
     if f.architecture == "llama" and gname.endswith("attn_q.weight"):
         data = unpermute_qk(data, hf_config.num_attention_heads)
     elif f.architecture == "llama" and gname.endswith("attn_k.weight"):
@@ -113,12 +114,12 @@ def _shard(rows: np.ndarray, spec: Shard, fmt: gguf_blocks.BlockFormat, gname: s
         return np.concatenate([rows[a:b] for a, b in spec.ranges])
     parts = []
     for a, b in spec.ranges:
-        if a % gguf_blocks.BLOCK or b % gguf_blocks.BLOCK:
+        if a % fmt.elems or b % fmt.elems:
             raise ValueError(
                 f"tensor-parallel shard of input columns {a}:{b} of {gname} does not align "
-                f"to {fmt.name} blocks of {gguf_blocks.BLOCK}; use another "
+                f"to {fmt.name} blocks of {fmt.elems}; use another "
                 "tensor_parallel_size or quantization=None"
             )
         bb = fmt.block_bytes
-        parts.append(rows[:, a // 32 * bb : b // 32 * bb])
+        parts.append(rows[:, a // fmt.elems * bb : b // fmt.elems * bb])
     return np.concatenate(parts, axis=1)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 from leaflm.kernels.cpu import gemm, gguf_blocks, gguf_gemm
@@ -27,16 +26,6 @@ SHAPES = {
 }
 COLD_BYTES = 96 * 1024**2  # more than the last-level cache: every call reads memory
 FORMATS = {"Q4_1": 3, "Q8_0": 8}
-
-
-def random_blocks(qtype: int, rows: int, cols: int, seed: int) -> np.ndarray:
-    """Raw file blocks with random quants and small fp16 scales (and mins)."""
-    fmt = gguf_blocks.block_format(qtype)
-    rng = np.random.default_rng(seed)
-    raw = rng.integers(0, 256, (rows, cols // 32, fmt.block_bytes), dtype=np.uint8)
-    scales = rng.uniform(1e-3, 2e-2, (rows, cols // 32, fmt.header_bytes // 2)).astype(np.float16)
-    raw[..., : fmt.header_bytes] = scales.view(np.uint8)
-    return raw.reshape(rows, -1)
 
 
 def _copies(nbytes: int) -> int:
@@ -71,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         built["fp32"] = ([gemm.pack_weight(w) for _ in range(_copies(4 * n * k))], 4 * n * k)
         del w
         for name, qtype in FORMATS.items():
-            raw = random_blocks(qtype, n, k, seed=n + qtype)
+            raw = gguf_blocks.random_blocks(qtype, n, k, seed=n + qtype)
             nbytes = raw.nbytes
             copies = [gguf_gemm.pack_gguf_weight(raw, qtype, n, k) for _ in range(_copies(nbytes))]
             built[name] = (copies, nbytes)

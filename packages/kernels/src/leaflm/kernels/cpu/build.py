@@ -149,6 +149,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.leaflm_gguf_vnni.argtypes = []
     lib.leaflm_gguf_block_stride.restype = i64
     lib.leaflm_gguf_block_stride.argtypes = [ctypes.c_int]
+    lib.leaflm_gguf_unit_bytes.restype = i64
+    lib.leaflm_gguf_unit_bytes.argtypes = [ctypes.c_int]
     lib.leaflm_gguf_gemm.restype = ctypes.c_int
     lib.leaflm_gguf_gemm.argtypes = [ctypes.c_int, p, i64, p, p, i64, i64, i64, i64, ctypes.c_int]
     lib.leaflm_gguf_quantize_rows.restype = None

@@ -25,7 +25,7 @@ from leaflm.kernels.cpu.gguf_blocks import BLOCK, block_format
 class GGUFWeight:
     """An ``[out, in]`` weight of GGUF blocks, packed for :func:`gguf_linear`."""
 
-    data: torch.Tensor  # uint8 [panels, in / 32, panel_block_bytes]
+    data: torch.Tensor  # uint8 [panels, in / block inputs, panel bytes per block]
     qtype: int  # ggml type number
     out_features: int
     in_features: int
@@ -103,15 +103,19 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 def reference_gguf_linear(
     x: torch.Tensor, weight: GGUFWeight, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """What :func:`gguf_linear` computes, in float64: per block, ``d_w d_x sum q_w q_x``
-    (+ ``m_w d_x sum q_x`` for Q4_1), summed over blocks."""
+    """What :func:`gguf_linear` computes, in float64: per scale group (32 inputs, 16 for
+    Q6_K) ``d_w d_x sum q_w q_x``, plus ``m_w d_x sum q_x`` per 32 where there are mins."""
     rows = x.reshape(-1, x.shape[-1])
     qx, dx, sx = quantize_activations(rows)
     all_rows = torch.arange(weight.out_features)
     qw, dw, mw = gguf_blocks.unpack_rows(weight.data, weight.qtype, all_rows)
-    qw = qw.view(weight.out_features, -1, BLOCK).double()
-    dots = torch.einsum("mbk,nbk->mnb", qx.double(), qw)
-    out = (dots * dx.double()[:, None, :] * dw.double()[None]).sum(-1)
+    groups = dw.shape[1]
+    size = weight.in_features // groups
+    qw = qw.view(weight.out_features, groups, size).double()
+    qxg = qx.reshape(rows.shape[0], groups, size).double()
+    dxg = dx.double().repeat_interleave(groups // dx.shape[1], dim=1)
+    dots = torch.einsum("mgk,ngk->mng", qxg, qw)
+    out = (dots * dxg[:, None, :] * dw.double()[None]).sum(-1)
     if mw is not None:
         out += (sx.double() * dx.double()) @ mw.double().T
     if bias is not None:

@@ -44,7 +44,12 @@
 #define PR 16   /* rows per panel */
 #define MR 8    /* activation rows per tile */
 #define MC 128  /* activation rows per work item */
-#define PARALLEL_MIN_BYTES 65536
+/* Below this many multiply-adds a call runs on the calling thread: a decode step's GEMVs
+ * (SmolLM's biggest per-layer one, gate/up, is 1.8M) run between single-threaded layer ops,
+ * so the other OpenMP thread has gone to sleep and waking it cost more than it saved
+ * (576x576 Q4_1 at batch 1 in a decode step: ~93 us a call on two threads, ~20 us on one, on
+ * the shared 2-core dev machine). The LM head (28M) and batches of 4+ rows still split. */
+#define PARALLEL_MIN_MACS (4 << 20)
 
 enum { Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q4_K = 12, Q6_K = 14 }; /* ggml's type numbers */
 
@@ -362,7 +367,7 @@ int leaflm_gguf_gemm(
     int8_t *xq = buf;
     float *xd = (float *)(buf + d_off);
     int32_t *xs = (int32_t *)(xd + M * nb);
-    const int threads = panels * panel_bytes + M * K * 4 < PARALLEL_MIN_BYTES ? 1 : num_threads;
+    const int threads = M * N * K < PARALLEL_MIN_MACS ? 1 : num_threads;
     const int64_t items = (M + MC - 1) / MC * panels;
 #pragma omp parallel num_threads(threads)
     {

@@ -141,6 +141,12 @@ static inline __m512 i8x16(const uint8_t *p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
 
+/* Four activation bytes broadcast to every lane, straight from memory (vpbroadcastd m32;
+ * through a general register it costs a shuffle-port uop per dot product). */
+static inline __m512i bcast4(const int8_t *p) {
+    return _mm512_broadcastd_epi32(_mm_loadu_si32(p));
+}
+
 /* out[mr x cols] for one panel; `mr` and `type` are constants after inlining. */
 static inline __attribute__((always_inline)) void tile(
     const int mr, const int type, const uint8_t *restrict panel, int64_t nb,
@@ -200,22 +206,20 @@ static inline __attribute__((always_inline)) void tile(
             if (r >= mr) continue;
             const int8_t *xb = xq + r * K + b * QK;
             const int32_t *s = xs + (r * nb + b) * 2;
-            int32_t x4[8];
-            memcpy(x4, xb, sizeof x4);
             const float dx = xd[r * nb + b];
             __m512i dot = _mm512_setzero_si512(), dot_b = _mm512_setzero_si512();
             if (type == Q8_0) {
 #pragma GCC unroll 8
                 for (int g = 0; g < 8; ++g)
                     dot = _mm512_dpbusd_epi32(
-                        dot, _mm512_xor_si512(_mm512_set1_epi32(x4[g]), bias), w[g]
+                        dot, _mm512_xor_si512(bcast4(xb + 4 * g), bias), w[g]
                     );
                 dot = _mm512_sub_epi32(dot, wsum);
             } else {
 #pragma GCC unroll 4
                 for (int g = 0; g < 4; ++g) {
-                    dot = _mm512_dpbusd_epi32(dot, w[g], _mm512_set1_epi32(x4[g]));
-                    dot_b = _mm512_dpbusd_epi32(dot_b, w[4 + g], _mm512_set1_epi32(x4[4 + g]));
+                    dot = _mm512_dpbusd_epi32(dot, w[g], bcast4(xb + 4 * g));
+                    dot_b = _mm512_dpbusd_epi32(dot_b, w[4 + g], bcast4(xb + 16 + 4 * g));
                 }
                 if (type == Q6_K) {
                     dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(32 * s[0]));

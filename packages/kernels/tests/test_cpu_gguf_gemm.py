@@ -81,18 +81,19 @@ needs_c = pytest.mark.skipif(not gguf_gemm.available(), reason="no C kernels on 
 @needs_c
 def test_activation_quantization_in_c_matches_pytorch():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(7, 128, generator=g) * torch.logspace(-3, 2, 128)
+    m, k = 300, 1024
+    x = torch.randn(m, k, generator=g) * torch.logspace(-3, 2, k)
     x[3, :32] = 0.0  # an all-zero block: scale 0
-    q = torch.empty(7, 128, dtype=torch.int8)
-    d = torch.empty(7, 4)
-    s = torch.empty(7, 8, dtype=torch.int32)  # sums over 16 inputs
+    q = torch.empty(m, k, dtype=torch.int8)
+    d = torch.empty(m, k // 32)
+    s = torch.empty(m, k // 16, dtype=torch.int32)  # sums over 16 inputs
     build.require_library().leaflm_gguf_quantize_rows(
-        x.data_ptr(), 128, 7, 128, q.data_ptr(), d.data_ptr(), s.data_ptr()
+        x.data_ptr(), k, m, k, q.data_ptr(), d.data_ptr(), s.data_ptr()
     )
     rq, rd, rs = gguf_gemm.quantize_activations(x)
-    assert torch.equal(q.view(7, 4, 32).float(), rq)
+    assert torch.equal(q.view(m, k // 32, 32).float(), rq)
     assert torch.equal(d, rd)
-    assert torch.equal(s.view(7, 4, 2).sum(-1).float(), rs)
+    assert torch.equal(s.view(m, k // 32, 2).sum(-1).float(), rs)
 
 
 @needs_c

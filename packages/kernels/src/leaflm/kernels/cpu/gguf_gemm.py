@@ -95,7 +95,8 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
         raise ValueError(f"activations of {k} features are not whole blocks of {BLOCK}")
     blocks = x.float().reshape(m, k // BLOCK, BLOCK)
     amax = blocks.abs().amax(-1)
-    inv = torch.where(amax != 0, 127.0 / amax, torch.zeros_like(amax))
+    # a true division, as in C: torch's `127.0 / amax` is a reciprocal times 127 (an ulp off)
+    inv = torch.where(amax != 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
     q = torch.round(blocks * inv[..., None])
     return q, amax / 127.0, q.sum(-1)
 

@@ -3,7 +3,7 @@
 The reference is the same engine on the same file through the dequantized float32 path
 (``quantization=None``): activation quantization is the only difference, so teacher-forced
 log-probabilities agree closely. TP=2 over the mp executor equals TP=1 (blocks of 32 are
-quantized alike whichever rank holds them).
+quantized alike whichever rank holds them), to the rounding of the activations' int8 steps.
 """
 
 from __future__ import annotations
@@ -159,14 +159,15 @@ def test_each_layer_holds_exactly_its_float_weight_in_blocks(gguf_files, which):
     assert checked >= 8
 
 
-def test_tp2_equals_tp1(gguf_files, worker_pool):
+@pytest.mark.parametrize("which", ["untied", "tied"])
+def test_tp2_equals_tp1(gguf_files, worker_pool, which):
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=1)
     runs = []
     for tp in (1, 2):
         kwargs = (
             {"tensor_parallel_size": 2, "distributed_executor_backend": "mp"} if tp == 2 else {}
         )
-        with engine(gguf_files["untied"], quantization="gguf", **kwargs) as llm:
+        with engine(gguf_files[which], quantization="gguf", **kwargs) as llm:
             outs = llm.generate(PROMPTS, params, use_tqdm=False)
         runs.append(
             [
@@ -182,7 +183,11 @@ def test_tp2_equals_tp1(gguf_files, worker_pool):
         )
     for (ids1, lp1), (ids2, lp2) in zip(*runs, strict=True):
         assert ids1 == ids2
-        assert max(abs(a - b) for a, b in zip(lp1, lp2, strict=True)) < 1e-4
+        # Not bit-exact: the ranks' partial sums add in another order, and an activation that
+        # moves by an ulp can round to the next int8 step in the following layer (measured
+        # up to 2.2e-3 here; the float path's TP=2 differs by 3e-6, the blocks' from float32
+        # by ~0.09).
+        assert max(abs(a - b) for a, b in zip(lp1, lp2, strict=True)) < 1e-2
 
 
 def test_gguf_quantization_needs_a_gguf_model(tmp_path):

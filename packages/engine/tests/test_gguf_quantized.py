@@ -214,3 +214,13 @@ def test_column_shard_off_block_boundaries_is_a_value_error(tmp_path):
 def test_a_layer_without_blocks_keeps_the_float_method():
     layer = PackableLinear()
     assert GGUFMethod().method_for_layer(layer).name == "float"
+
+
+def test_without_the_c_kernels_the_float_weights_run(gguf_files, monkeypatch, caplog):
+    monkeypatch.setattr(gguf_gemm, "available", lambda: False)
+    with caplog.at_level(logging.WARNING), engine(gguf_files["tied"], quantization="gguf") as llm:
+        methods = _methods(llm)
+        got = _prompt_logprobs(llm, PROMPTS[:1])
+    assert set(methods.values()) == {"float"}
+    assert "running the dequantized float32 weights instead" in caplog.text
+    assert torch.isfinite(got).all()

@@ -33,8 +33,10 @@
 
 #include <omp.h>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define GGUF_VNNI 1
 #else
 #define GGUF_VNNI 0
@@ -109,8 +111,27 @@ __attribute__((unused)) static float half_to_float(uint16_t h) {
     return f;
 }
 
-/* One row of x into int8 blocks: q (K bytes), d (K/32 scales), s (K/16 sums of q). */
+/* One row of x into int8 blocks: q (K bytes), d (K/32 scales), s (K/16 sums of q). The
+ * vector path computes exactly what the scalar loop does (the same products, rounded to
+ * nearest even by the default MXCSR mode as nearbyintf does). */
 static void quantize_row(const float *x, int64_t K, int8_t *q, float *d, int32_t *s) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int64_t b = 0; b < K / QK; ++b) {
+        const __m512 lo = _mm512_loadu_ps(x + b * QK), hi = _mm512_loadu_ps(x + b * QK + 16);
+        const float amax = _mm512_reduce_max_ps(
+            _mm512_max_ps(_mm512_andnot_ps(sign, lo), _mm512_andnot_ps(sign, hi)));
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        d[b] = amax / 127.0f;
+        const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, _mm512_set1_ps(id)));
+        const __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, _mm512_set1_ps(id)));
+        _mm_storeu_si128((__m128i *)(q + b * QK), _mm512_cvtsepi32_epi8(qlo));
+        _mm_storeu_si128((__m128i *)(q + b * QK + 16), _mm512_cvtsepi32_epi8(qhi));
+        s[2 * b] = _mm512_reduce_add_epi32(qlo);
+        s[2 * b + 1] = _mm512_reduce_add_epi32(qhi);
+    }
+    return;
+#endif
     for (int64_t b = 0; b < K / QK; ++b) {
         const float *xb = x + b * QK;
         float amax = 0.0f;

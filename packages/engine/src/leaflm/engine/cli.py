@@ -88,7 +88,8 @@ def _run_cache(args: argparse.Namespace) -> int:
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quantization", default=None,
-        help="weight format of the linear layers: int8 (W8A8 on CPU) (default: float)",
+        help="weight format of the linear layers: int8 (W8A8 on CPU), gguf (a GGUF model's own "
+        "blocks) (default: float)",
     )  # fmt: skip
     p.add_argument(
         "--kv-cache-memory", default=None,

@@ -141,6 +141,7 @@ class ModelConfig:
     max_model_len: int
     served_name: str
     quantization: str | None = None  # the weight method's name (every rank prepares its own)
+    gguf_path: Path | None = None  # the GGUF file the model came from, if it came from one
 
     @property
     def max_position_embeddings(self) -> int:

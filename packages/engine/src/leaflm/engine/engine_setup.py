@@ -18,7 +18,7 @@ import torch
 from leaflm.engine.config import CacheConfig, EngineArgs, ModelConfig
 from leaflm.engine.kv_cache import bytes_per_block, default_cpu_kv_bytes
 from leaflm.engine.model_runner import ModelRunner
-from leaflm.engine.model_source import default_served_name, resolve_model_path
+from leaflm.engine.model_source import default_served_name, gguf_source, resolve_model_path
 from leaflm.engine.models.registry import load_hf_config
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,12 @@ def load_model_config(args: EngineArgs) -> tuple[ModelConfig, Any, frozenset[int
         raise ValueError(
             f"quantization={args.quantization!r} runs on CPU in float32 only, got device "
             f"{device} and dtype {dtype}"
+        )
+    source = gguf_source(args.model)
+    if args.quantization == "gguf" and source is None:
+        raise ValueError(
+            f"quantization='gguf' runs a GGUF model on its own blocks, but {args.model} is "
+            "not a GGUF file (pass a .gguf file or a known model name)"
         )
     limit = int(getattr(hf_config, "max_position_embeddings", 2048))
     if args.max_model_len is not None and args.max_model_len > limit:
@@ -64,6 +70,7 @@ def load_model_config(args: EngineArgs) -> tuple[ModelConfig, Any, frozenset[int
         max_model_len=args.max_model_len or limit,
         served_name=name,
         quantization=args.quantization,
+        gguf_path=source,
     )
     return config, tokenizer, frozenset(eos)
 

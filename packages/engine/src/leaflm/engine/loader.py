@@ -73,8 +73,6 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
     """Fill every parameter of `model` from the checkpoint in `model_dir`."""
     params = dict(model.named_parameters())
     packed: dict[str, tuple[str, int]] = getattr(model, "packed_modules", {})
-    ignored: tuple[str, ...] = getattr(model, "ignored_weights", ())
-    tied: set[str] = getattr(model, "tied_weights", set())
     expected: set[tuple[str, int]] = set()
     for name, module in model.named_modules():
         sizes = getattr(module, "output_sizes", None)
@@ -83,19 +81,11 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
             expected.update((pname, s) for s in shards)
     loaded: set[tuple[str, int]] = set()
 
-    rename = getattr(model, "checkpoint_name", None)  # HF name -> leaflm name, None = skip
-    for name, handle, path in iter_checkpoint(checkpoint_files(model_dir)):
-        if rename is not None and (name := rename(name)) is None:
+    for hf_name, handle, path in iter_checkpoint(checkpoint_files(model_dir)):
+        found = checkpoint_target(model, hf_name)
+        if found is None:
             continue
-        if name in tied or any(name.endswith(s) for s in ignored):
-            continue
-        target, shard = name, -1
-        parts = name.split(".")
-        for i, piece in enumerate(parts):
-            if piece in packed:
-                merged, shard = packed[piece]
-                target = ".".join([*parts[:i], merged, *parts[i + 1 :]])
-                break
+        name, target, shard = found
         param = params.get(target)
         if param is None or (target, shard) not in expected:
             raise ValueError(
@@ -131,6 +121,24 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
         names = sorted(_hf_name(n, s, packed) for n, s in missing)
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise ValueError(f"checkpoint in {model_dir} is missing tensor(s): {shown}")
+
+
+def checkpoint_target(model: nn.Module, hf_name: str) -> tuple[str, str, int] | None:
+    """(leaflm tensor name, parameter it fills, merged shard or -1) for checkpoint tensor
+    `hf_name`, or None for a tensor the model skips (tied, ignored, renamed away)."""
+    packed: dict[str, tuple[str, int]] = getattr(model, "packed_modules", {})
+    ignored: tuple[str, ...] = getattr(model, "ignored_weights", ())
+    tied: set[str] = getattr(model, "tied_weights", set())
+    rename = getattr(model, "checkpoint_name", None)  # HF name -> leaflm name, None = skip
+    name = hf_name if rename is None else rename(hf_name)
+    if name is None or name in tied or any(name.endswith(s) for s in ignored):
+        return None
+    parts = name.split(".")
+    for i, piece in enumerate(parts):
+        if piece in packed:
+            merged, shard = packed[piece]
+            return name, ".".join([*parts[:i], merged, *parts[i + 1 :]]), shard
+    return name, name, -1
 
 
 def _hf_name(target: str, shard: int, packed: dict[str, tuple[str, int]]) -> str:

@@ -56,6 +56,8 @@ class ModelRunner:
             )
             start = time.perf_counter()
             quant = model_config.quantization
+            if quant == "gguf":
+                _attach_gguf_blocks(self.model, model_config)
             with hugepages.weight_arena():  # all packed weights on huge pages
                 packed = pack_for_cpu(self.model, quant)
             logger.info(
@@ -160,3 +162,22 @@ def take_rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
     if rows == list(range(t.shape[0])):
         return t
     return t.index_select(0, torch.tensor(rows, dtype=torch.long, device=t.device))
+
+
+def _attach_gguf_blocks(model: torch.nn.Module, config: ModelConfig) -> None:
+    """Hand each linear layer its GGUF blocks; without the C kernels, keep float weights."""
+    from leaflm.engine.gguf.blocks import attach_gguf_blocks
+    from leaflm.kernels.cpu import gguf_gemm
+
+    if not gguf_gemm.available():
+        logger.warning(
+            "quantization='gguf': the CPU kernels are not available (%s); running the "
+            "dequantized float32 weights instead", gguf_gemm.unavailable_reason(),
+        )  # fmt: skip
+        return
+    assert config.gguf_path is not None  # checked by load_model_config
+    attached = attach_gguf_blocks(model, config.gguf_path, config.hf_config)
+    logger.info(
+        "quantization='gguf': %d linear layers on %s blocks (%s)", attached,
+        config.gguf_path.name, "AVX-512 VNNI" if gguf_gemm.vnni() else "portable C",
+    )  # fmt: skip

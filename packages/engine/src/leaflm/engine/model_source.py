@@ -8,6 +8,7 @@ Nothing is ever fetched from a model hub.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from leaflm.engine.default_model import (
@@ -49,6 +50,25 @@ def resolve_model_path(model: str | Path | None, *, progress: bool = True) -> Pa
         f"model {str(model)!r} not found: pass a local HF model directory, a .gguf file, or one "
         f"of the known names ({', '.join(KNOWN_MODELS)}); leaflm never downloads from a model hub"
     )
+
+
+def gguf_source(model: str | Path | None) -> Path | None:
+    """The GGUF file `model` resolves from (None for a plain HF directory), so that
+    `quantization="gguf"` can read the file's blocks as they are."""
+    if model is None:
+        return Path(known_model_gguf(DEFAULT_MODEL_NAME))
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():  # a leaflm conversion directory names its source
+        try:
+            source = Path(json.loads((path / "leaflm_gguf.json").read_text())["source"])
+        except (OSError, ValueError, KeyError):
+            return None
+        return source if source.is_file() else None
+    if isinstance(model, str) and known_model(model) is not None:
+        return Path(known_model_gguf(model))
+    return None
 
 
 def _is_gguf(path: Path) -> bool:

@@ -51,7 +51,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--quantization", default=None,
         help="weight format of the linear layers: int8 (per-channel int8 weights, per-token "
-        "int8 activations, CPU only) (default: the model's float weights)",
+        "int8 activations, CPU only), gguf (a GGUF model's linear layers on the file's own "
+        "blocks, CPU only) (default: the model's float weights)",
     )  # fmt: skip
     e.add_argument(
         "--device", default="auto",

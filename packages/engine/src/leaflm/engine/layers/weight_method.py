@@ -164,4 +164,8 @@ def prepare_weights(model: nn.Module, quantization: str | None = None) -> int:
 
 
 def _load_builtin_methods() -> None:
-    from leaflm.engine.layers import int8_method  # noqa: F401  (registers "int8")
+    """Import the modules that register the built-in formats."""
+    from leaflm.engine.layers import (
+        gguf_method,  # noqa: F401  (registers "gguf")
+        int8_method,  # noqa: F401  (registers "int8")
+    )

@@ -23,7 +23,9 @@ import tempfile
 from pathlib import Path
 
 DISABLE_VAR = "LEAFLM_CPU_KERNELS"  # "0" turns the C kernels off
-SOURCES = ("paged_attention.c", "layers.c", "sampling.c", "gemm.c", "int8_gemm.c")
+SOURCES = (
+    "paged_attention.c", "layers.c", "sampling.c", "gemm.c", "int8_gemm.c", "gguf_gemm.c",
+)  # fmt: skip
 HEADERS = ("vec_math.h",)
 FLAGS = (
     "-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fno-math-errno", "-std=c11",
@@ -159,3 +161,13 @@ def _declare(lib: ctypes.CDLL) -> None:
         p, i64, p, p, p, p, p, p, p, i64,  # x, ldx, xq, xs, xn, packed, scales, bias, out, ldo
         i64, i64, i64, i64, ctypes.c_int, ctypes.c_int,  # M, N, K, block, gated, num_threads
     ]  # fmt: skip
+    lib.leaflm_gguf_vnni.restype = ctypes.c_int
+    lib.leaflm_gguf_vnni.argtypes = []
+    lib.leaflm_gguf_block_stride.restype = i64
+    lib.leaflm_gguf_block_stride.argtypes = [ctypes.c_int]
+    lib.leaflm_gguf_unit_bytes.restype = i64
+    lib.leaflm_gguf_unit_bytes.argtypes = [ctypes.c_int]
+    lib.leaflm_gguf_gemm.restype = ctypes.c_int
+    lib.leaflm_gguf_gemm.argtypes = [ctypes.c_int, p, i64, p, p, i64, i64, i64, i64, ctypes.c_int]
+    lib.leaflm_gguf_quantize_rows.restype = None
+    lib.leaflm_gguf_quantize_rows.argtypes = [p, i64, i64, i64, p, p, p]

@@ -66,3 +66,51 @@ def test_large_batches_are_not_captured(tiny_models):
     prompts = random_token_prompts(n, vocab=380, lo=3, hi=8, seed=5)
     _, graphs, _ = _generate(tiny_models("llama"), prompts, [4] * n)
     assert graphs.disabled is None and graphs.steps == {}
+
+
+@pytest.fixture(scope="module")
+def tied_q4_1_gguf(tmp_path_factory):
+    """A tiny tied llama as a GGUF file: Q4_1 layers, a Q8_0 table (its LM head too)."""
+    import gguf
+
+    from leaflm.engine.testing import build_tiny_model, write_tiny_gguf
+
+    q = gguf.GGMLQuantizationType
+    root = tmp_path_factory.mktemp("graph-gguf")
+    hf = build_tiny_model(root / "hf", "llama", tie_word_embeddings=True, seed=1)
+    parts = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+    qtypes = {f"blk.{i}.{p}.weight": q.Q4_1 for i in range(2) for p in parts}
+    return write_tiny_gguf(hf, root / "tied.gguf", qtypes={**qtypes, "token_embd.weight": q.Q8_0})
+
+
+@pytest.mark.parametrize("quantization", ["int8", "gguf"])
+def test_quantized_weight_methods_replay_too(
+    tiny_models, tied_q4_1_gguf, tmp_path, monkeypatch, quantization
+):
+    """The int8 and GGUF kernels are kernel calls too, and the GGUF table's row lookup rides
+    in the graph as a python step: both capture, and replay equals eager exactly."""
+    from leaflm.kernels.cpu import gguf_gemm, int8_gemm
+
+    if not (gguf_gemm.available() if quantization == "gguf" else int8_gemm.kernel_available()):
+        pytest.skip(f"no {quantization} kernel here")
+    monkeypatch.setenv("LEAFLM_CACHE_DIR", str(tmp_path))  # the GGUF's converted float copy
+    model = tied_q4_1_gguf if quantization == "gguf" else tiny_models("llama")
+    prompts = random_token_prompts(3, vocab=380, lo=3, hi=20, seed=6)
+    lengths = [20, 12, 5]
+
+    def run(graphs: str):
+        monkeypatch.setenv(GRAPHS_VAR, graphs)
+        llm = LLM(str(model), kv_cache_memory="8MiB", quantization=quantization)
+        params = [
+            SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, logprobs=2)
+            for n in lengths
+        ]
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        return [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outs], llm
+
+    eager, _ = run("0")
+    replayed, llm = run("1")
+    graphs = llm.llm_engine.runner.graphs
+    assert graphs.disabled is None, graphs.disabled
+    assert sorted(graphs.steps) == [1, 2, 4]
+    assert replayed == eager

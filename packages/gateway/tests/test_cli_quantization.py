@@ -29,7 +29,7 @@ def test_unknown_quantization_stops_serve_naming_the_known_ones(tiny_model_dir):
            "--port", str(free_port()), "--quantization", "bogus"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert "quantization must be None or one of ['int8'" in proc.stderr
+    assert "quantization must be None or one of ['gguf', 'int8'" in proc.stderr
 
 
 def _first_logprobs(text_out: dict) -> list[float]:

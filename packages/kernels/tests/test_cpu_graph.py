@@ -75,3 +75,42 @@ def test_a_python_step_rides_in_the_graph():
     assert len(recorded.calls) == 2
     x.copy_(torch.randn(2, 16))
     assert torch.equal(recorded.replay(), layers.rms_norm(x + 1.0, w, 1e-6))
+
+
+@torch.inference_mode()
+def test_kernel_calls_inside_a_python_step_are_not_recorded():
+    """They write into the step's temporaries, freed when it returns: replaying them would
+    write into freed memory (it corrupted the heap of a served default model)."""
+    table, ids, w = torch.randn(50, 8), torch.tensor([1, 2]), torch.ones(8)
+    out = torch.empty(2, 8)
+    with graph.capture() as recorded:
+        graph.python_step(lambda: out.copy_(layers.embedding(ids, table)))
+        recorded.output = layers.rms_norm(out, w, 1e-6)
+    assert len(recorded.calls) == 2  # the step and the norm, not the step's gather
+    ids.copy_(torch.tensor([7, 3]))
+    expected = layers.rms_norm(F.embedding(ids, table), w, 1e-6)
+    assert torch.equal(recorded.replay(), expected)
+
+
+@torch.inference_mode()
+def test_another_threads_kernel_calls_stay_off_the_tape():
+    """A server's engine thread captures while other threads call kernels (a reference run,
+    a second engine); their calls, on tensors they free, must not be replayed."""
+    import threading
+
+    x, w = torch.randn(2, 16), torch.ones(16)
+    entered, done = threading.Event(), threading.Event()
+
+    def other() -> None:
+        entered.wait()
+        layers.rms_norm(torch.randn(4, 16), w, 1e-6)
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with graph.capture() as recorded:
+        recorded.output = layers.rms_norm(x, w, 1e-6)
+        entered.set()
+        done.wait(10)
+    t.join()
+    assert len(recorded.calls) == 1

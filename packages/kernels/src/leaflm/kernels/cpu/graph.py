@@ -20,6 +20,7 @@ graph as a :func:`python_step`: a closure that is run at capture and again at ea
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,8 +28,16 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-_tape: list[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
-_exempt = 0  # > 0 inside a python_step: its torch ops are replayed by the step itself
+
+class _ThreadState(threading.local):
+    """Per thread: a server's engine thread may capture while another thread calls kernels
+    (a second engine, a reference run), whose calls must not land on its tape."""
+
+    tape: list[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
+    exempt = 0  # > 0 inside a python_step: its torch ops are replayed by the step itself
+
+
+_state = _ThreadState()
 
 _ALLOCATING = {
     torch.ops.aten.empty.memory_format,
@@ -50,8 +59,9 @@ class _Recordable:
         self.fn = fn
 
     def __call__(self, *args: Any) -> Any:
-        if _tape is not None:
-            _tape.append((self.fn, args))
+        tape = _state.tape
+        if tape is not None:
+            tape.append((self.fn, args))
         return self.fn(*args)
 
 
@@ -68,14 +78,18 @@ def python_step(fn: Callable[[], object]) -> None:
     in place before a replay) and writes its result into a tensor allocated before it, since
     anything it allocates is gone after it returns.
     """
-    global _exempt
-    if _tape is not None:
-        _tape.append((fn, ()))
-    _exempt += 1
+    tape = _state.tape
+    if tape is not None:
+        tape.append((fn, ()))
+    # Kernel calls inside `fn` are not recorded: they write into its temporaries, which are
+    # freed when it returns; `fn` itself makes them again at every replay.
+    _state.tape = None
+    _state.exempt += 1
     try:
         fn()
     finally:
-        _exempt -= 1
+        _state.exempt -= 1
+        _state.tape = tape
 
 
 class _Guard(TorchDispatchMode):
@@ -88,7 +102,7 @@ class _Guard(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if _exempt:
+        if _state.exempt:
             return out
         if func in _ALLOCATING:
             self.keep.append(out)
@@ -115,17 +129,16 @@ class CpuGraph:
 def capture() -> Iterator[CpuGraph]:
     """Record the kernel calls of the block into a :class:`CpuGraph` (which the block fills in
     with its ``output``); raises :class:`GraphUnsafe` if the block did anything else."""
-    global _tape
-    if _tape is not None:
-        raise RuntimeError("a CPU graph capture is already open")
+    if _state.tape is not None:
+        raise RuntimeError("a CPU graph capture is already open in this thread")
     graph = CpuGraph()
     guard = _Guard(graph.tensors)
-    _tape = graph.calls
+    _state.tape = graph.calls
     try:
         with guard:
             yield graph
     finally:
-        _tape = None
+        _state.tape = None
     if guard.refused is not None:
         raise GraphUnsafe(f"{guard.refused} ran outside the kernel library")
     if not graph.calls:

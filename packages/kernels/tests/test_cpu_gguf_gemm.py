@@ -164,4 +164,5 @@ def test_library_declares_the_kernels():
     assert lib.leaflm_gguf_unit_bytes(14) == 16 * 210  # Q6_K: the file's own size
     assert lib.leaflm_gguf_unit_bytes(13) == 0  # Q5_K: no kernel
     assert isinstance(lib.leaflm_gguf_vnni(), int)
-    assert isinstance(lib.leaflm_gguf_gemm, ctypes._CFuncPtr)
+    gemm_fn = lib.leaflm_gguf_gemm.fn  # calls go through the CPU-graph recorder
+    assert isinstance(gemm_fn, ctypes._CFuncPtr) and gemm_fn.argtypes

@@ -132,11 +132,13 @@ class DecodeGraphs:
             with graph.capture() as g:
                 g.output = self.model(state.input_ids, state.positions, ctx)
         except graph.GraphUnsafe as exc:
-            return self._give_up(f"the forward cannot be recorded: {exc}")
+            self._give_up(f"the forward cannot be recorded: {exc}")
+            return None
         eager = g.output.clone()
         # Replaying rewrites this step's cache slots with the same values.
         if not torch.equal(g.replay(), eager):
-            return self._give_up("a replay did not reproduce the eager forward")
+            self._give_up("a replay did not reproduce the eager forward")
+            return None
         state.graph = g
         logger.debug("captured a CPU graph for decode batch %d: %d calls", len(state.slots),
                      len(g.calls))  # fmt: skip

@@ -17,6 +17,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,7 +47,7 @@ def eval_text() -> str:
 
 def load_runner(
     model: str | Path | None = None, quantization: str | None = None
-) -> tuple[ModelRunner, object]:
+) -> tuple[ModelRunner, Any]:
     """A CPU float32 model runner (and its tokenizer) with the weight method `quantization`."""
     from leaflm.engine.engine_setup import load_model_config
 

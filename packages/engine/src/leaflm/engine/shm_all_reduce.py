@@ -18,6 +18,7 @@ import os
 import socket
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,7 +98,7 @@ class ShmCollectives:
             self._map.close()
 
 
-def connect(rank: int, world: int, group: object) -> ShmCollectives | None:
+def connect(rank: int, world: int, group: Any) -> ShmCollectives | None:
     """Shared-memory collectives if every rank of `group` is on this host, else None."""
     import torch.distributed as dist
 

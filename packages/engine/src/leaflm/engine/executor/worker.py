@@ -114,9 +114,10 @@ class Worker:
     def close(self) -> None:
         import torch.distributed as dist
 
-        if getattr(self, "shm", None) is not None:
+        shm = getattr(self, "shm", None)
+        if shm is not None:
             set_tensor_parallel(0, 1)
-            self.shm.close()
+            shm.close()
             self.shm = None
         if dist.is_initialized():
             dist.destroy_process_group()

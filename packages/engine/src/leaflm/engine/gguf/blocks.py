@@ -54,8 +54,9 @@ def attach_gguf_blocks(model: nn.Module, gguf_path: str | Path, hf_config) -> in
         if isinstance(layer, LMHead) and layer.tied_to is not None:
             param = f"{names[id(layer.tied_to)]}.weight"
         shards = range(len(layer.output_sizes)) if hasattr(layer, "output_sizes") else [-1]
-        gnames = [by_param.get((param, s)) for s in shards]
-        if None in gnames:
+        found = [by_param.get((param, s)) for s in shards]
+        gnames = [g for g in found if g is not None]
+        if len(gnames) != len(found):
             kept.append(f"{name} (no GGUF tensor)")
             continue
         qtypes = {int(f.tensors[g].tensor_type) for g in gnames}

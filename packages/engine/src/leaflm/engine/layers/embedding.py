@@ -56,9 +56,15 @@ class VocabEmbedding(nn.Module):
         if self.row_source is not None:
             flat, source = ids.reshape(-1), self.row_source
             out = torch.empty(flat.shape[0], self.embedding_dim, dtype=torch.float32)
+
             # A head's rows may be read back by torch work (a quantized table's lookup): a
             # CPU graph replays it as a step of its own.
-            graph.python_step(lambda: out.copy_(source(flat)))
+            def lookup() -> None:
+                rows = source(flat)
+                assert rows is not None  # checked by share_rows
+                out.copy_(rows)
+
+            graph.python_step(lookup)
             return out.view(*ids.shape, self.embedding_dim)
         if use_cpu_kernels(self.weight):  # a C call: a recorded CPU graph covers it
             return cpu_layers.embedding(ids, self.weight)

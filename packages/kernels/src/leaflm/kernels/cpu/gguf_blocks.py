@@ -275,6 +275,7 @@ def unpack_rows(packed: torch.Tensor, qtype: int, rows: torch.Tensor):
         if fmt.has_min:
             f["dmin"] = f16_rows(tail[..., 32:64]).numpy()
     else:
+        assert d_raw is not None  # a K-quant unit's scales sit in front of its blocks
         nsc = 2 if fmt.name == "Q6_K" else 1
         f["sc"] = by_row(blocks[..., off : off + 16 * nsc], nsc).numpy()
         if fmt.has_min:

@@ -134,6 +134,14 @@ class ModelRunner:
         """Run a laid-out step; logits at `step.logit_rows` (`[rows, 0]` on TP ranks > 0)."""
         assert self.kv is not None, "init_kv_cache first"
         self.kv.apply(step.blocks_to_swap_out, step.blocks_to_swap_in, step.blocks_to_copy)
+        # A replayed CPU graph reads the step from its own input tensors: no metadata to build.
+        hidden = self.graphs.forward(step) if self.graphs is not None else None
+        if hidden is None:
+            hidden = self._eager_forward(step)
+        return self.model.compute_logits(take_rows(hidden, step.logit_rows)).float()
+
+    def _eager_forward(self, step: StepInput) -> torch.Tensor:
+        assert self.kv is not None
         dev = self.device
 
         def t(a: np.ndarray) -> torch.Tensor:
@@ -150,11 +158,8 @@ class ModelRunner:
             prefill_seq_lens=t(step.prefill_seq_lens),
             max_prefill_query_len=step.max_prefill_query_len,
         )
-        hidden = self.graphs.forward(step) if self.graphs is not None else None
-        if hidden is None:
-            ctx = ForwardContext(meta, self.kv.layers)
-            hidden = self.model(t(step.input_ids), t(step.positions), ctx)
-        return self.model.compute_logits(take_rows(hidden, step.logit_rows)).float()
+        ctx = ForwardContext(meta, self.kv.layers)
+        return self.model(t(step.input_ids), t(step.positions), ctx)
 
 
 def take_rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:

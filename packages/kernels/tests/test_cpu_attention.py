@@ -28,6 +28,9 @@ CASES = [
     pytest.param([31, 2, 50], 8, 1, 16, 16, {"sliding_window": 7}, id="gqa8-window"),
     pytest.param([20, 9], 2, 1, 80, 4, {"softcap": 5.0}, id="d80-softcap"),
     pytest.param([45, 300], 9, 3, 64, 16, {}, id="smollm-heads"),
+    # one row: on one thread at a decode's usual context, its heads split from ~2k tokens
+    pytest.param([136], 9, 3, 64, 16, {}, id="one-row"),
+    pytest.param([2100], 9, 3, 64, 16, {}, id="one-row-long"),
     pytest.param([7, 40], 8, 1, 128, 16, {}, id="d128-gqa8"),
     pytest.param(
         [45], 4, 1, 16, 16, {"alibi": True, "sliding_window": 20, "softcap": 2.0}, id="all"

@@ -153,6 +153,11 @@ def test_rows_lookup_dequantizes_the_looked_up_rows(name):
     got = gguf_gemm.gguf_rows(weight, ids)
     assert got.shape == (2, 2, k)
     torch.testing.assert_close(got, torch.from_numpy(w)[ids], rtol=1e-6, atol=1e-7)
+    reference = gguf_gemm.reference_gguf_rows(weight, ids)
+    torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-7)
+    if build.library() is not None:
+        with pytest.raises(IndexError, match=r"outside \[0, 50\)"):
+            gguf_gemm.gguf_rows(weight, torch.tensor([50]))
 
 
 def test_library_declares_the_kernels():

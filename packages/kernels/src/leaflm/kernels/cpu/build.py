@@ -169,5 +169,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.leaflm_gguf_unit_bytes.argtypes = [ctypes.c_int]
     lib.leaflm_gguf_gemm.restype = ctypes.c_int
     lib.leaflm_gguf_gemm.argtypes = [ctypes.c_int, p, i64, p, p, i64, i64, i64, i64, ctypes.c_int]
+    lib.leaflm_gguf_rows.restype = ctypes.c_int
+    lib.leaflm_gguf_rows.argtypes = [ctypes.c_int, p, i64, i64, p, i64, p]
     lib.leaflm_gguf_quantize_rows.restype = None
     lib.leaflm_gguf_quantize_rows.argtypes = [p, i64, i64, i64, p, p, p]

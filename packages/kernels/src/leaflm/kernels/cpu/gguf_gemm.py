@@ -126,6 +126,24 @@ def reference_gguf_linear(
 
 def gguf_rows(weight: GGUFWeight, rows: torch.Tensor) -> torch.Tensor:
     """Float32 values of weight rows ``rows`` (an embedding lookup in a quantized table)."""
+    lib = build.library()
+    if lib is None:
+        return reference_gguf_rows(weight, rows)
+    ids = rows.reshape(-1).to(torch.int64).contiguous()
+    out = torch.empty(ids.numel(), weight.in_features, dtype=torch.float32)
+    rc = lib.leaflm_gguf_rows(
+        weight.qtype, weight.data.data_ptr(), weight.out_features, weight.in_features,
+        ids.data_ptr(), ids.numel(), out.data_ptr(),
+    )  # fmt: skip
+    if rc == -3:
+        raise IndexError(f"a row id outside [0, {weight.out_features}) of a GGUF table")
+    if rc:
+        raise RuntimeError(f"leaflm_gguf_rows failed ({rc}) on a {weight.format_name} weight")
+    return out.view(*rows.shape, weight.in_features)
+
+
+def reference_gguf_rows(weight: GGUFWeight, rows: torch.Tensor) -> torch.Tensor:
+    """What :func:`gguf_rows` computes, from the blocks' unpacked parts."""
     q, d, m = gguf_blocks.unpack_rows(weight.data, weight.qtype, rows)
     return gguf_blocks.dequantize(q, d, m).view(*rows.shape, weight.in_features)
 

@@ -328,8 +328,11 @@ void leaflm_paged_attention(
         max_ctx = row_ctx[r] > max_ctx ? row_ctx[r] : max_ctx;
         work += row_ctx[r];
     }
-    /* A thread's wake-up costs about what 64k multiply-adds do: small calls stay on one. */
-    const int threads = work * num_heads * head_dim >= 65536 ? num_threads : 1;
+    /* A thread's wake-up costs about what 64k multiply-adds do: small calls stay on one. A
+     * single row (batch-1 decode) would split its few heads, which paid off only from ~2k
+     * tokens of context: at 136 a call took 31 us on two threads, 17 on one (Zen 5 VM). */
+    const int64_t min_work = rows == 1 ? (1 << 20) : 65536;
+    const int threads = work * num_heads * head_dim >= min_work ? num_threads : 1;
     /* Whole rows per work item, unless there are too few rows to share among the threads. */
     const int64_t kv_per_item = rows >= 2 * (int64_t)threads ? num_kv : 1;
     const int64_t per_row = num_kv / kv_per_item, items = rows * per_row;

@@ -4,7 +4,7 @@ At small batches a CPU decode step is a few hundred kernel calls on tiny activat
 the Python around them (modules, dispatch, checks, allocations, ctypes conversions) is a
 large share of the step: ~5 ms of ~19 ms at batch 1 for SmolLM2-135M on the 2-core dev VM,
 where the GEMVs are bound by memory bandwidth. So a pure-decode step is run eagerly the
-first time its padded size (CAPTURE_SIZES: 1, 2, 4, ... 32, as vLLM's CUDA graph sizes) is
+first time its padded size (CAPTURE_SIZES: 1, 2, 4, ... 64, as vLLM's CUDA graph sizes) is
 seen, while `leaflm.kernels.cpu.graph` records its kernel calls into input tensors this
 class owns; later steps of that size copy their token ids, positions, slots, block tables
 and context lengths into those tensors and replay the calls. Padding rows write no cache
@@ -35,8 +35,8 @@ from leaflm.kernels.dispatch import use_cpu_kernels
 logger = logging.getLogger(__name__)
 
 GRAPHS_VAR = "LEAFLM_CPU_GRAPHS"
-# Above 32 sequences the GEMMs are compute-bound and the Python share is a few percent.
-CAPTURE_SIZES = (1, 2, 4, 8, 16, 32)
+# Up to 64 sequences: at the offline benchmark's 64, eager Python was ~1.1 s of a 16.8 s run.
+CAPTURE_SIZES = (1, 2, 4, 8, 16, 32, 64)
 MAX_GRAPH_BATCH = CAPTURE_SIZES[-1]
 
 

@@ -37,6 +37,7 @@ def test_sweep_against_leaflm_gateway_and_naive_server(tmp_path):
         assert row["output_tokens"] == 4 * 12  # ignore_eos honoured: exactly max_tokens each
         assert 0 < row["ttft_p50_ms"] <= row["e2e_p50_ms"]
         assert row["output_throughput"] > 0 and row["good_requests"] == 4
+        assert 0 < row["server_ready_s"] < 120  # launch to first healthy answer
     for target in ("leaflm", "naive"):
         recs = raw[target]["2"]
         assert all(r["success"] and len(r["itl"]) >= 1 for r in recs)

@@ -80,6 +80,7 @@ SERVING_COLUMNS = {
     "e2e_p99_ms": "E2E p99",
     "goodput": "goodput (req/s)",
     "server_peak_rss_mb": "server peak RSS (MiB)",
+    "server_ready_s": "ready (s)",
 }
 
 

@@ -295,6 +295,7 @@ def run_serve(
                         t_rows, t_raw = sweep_target(spec, workload, levels, target, **common)
                 for row in t_rows:  # the server's whole process tree, over its whole sweep
                     row["server_peak_rss_mb"] = rss.peak_mb
+                    row["server_ready_s"] = server.ready_s
         except Exception as exc:
             problems.append(f"{spec.name}: {exc}")
             log(f"[serve] {spec.name} skipped: {exc}")

@@ -112,6 +112,7 @@ class ManagedServer:
         self.startup_timeout = startup_timeout
         self.env = env  # the whole environment, if not this process's
         self.process: subprocess.Popen | None = None
+        self.ready_s: float | None = None  # seconds from launch until health answered
 
     @property
     def base_url(self) -> str:
@@ -126,6 +127,7 @@ class ManagedServer:
             "TOKENIZERS_PARALLELISM": "false",
         }
         self._log: TextIO | None = open(self.log_path, "w", encoding="utf-8")  # closed in stop()
+        launched = time.monotonic()
         self.process = subprocess.Popen(
             self.command,
             stdout=self._log,
@@ -138,6 +140,7 @@ class ManagedServer:
         except BaseException:
             self.stop()
             raise
+        self.ready_s = time.monotonic() - launched
         return self
 
     def _wait_ready(self) -> None:

@@ -2,7 +2,8 @@
 
 The live test runs both `llama-perplexity` passes for real on the eval text's first 300
 tokens (two 128-token chunks) and needs the peer built (`nox -s bench-peers`); it skips,
-saying so, when it is not. The parser test reads output captured from a real run.
+saying so, when it is not. The parser test reads output captured from a real run; the
+build tests check, on a fake cache, that a binary added later is built alone.
 """
 
 from __future__ import annotations
@@ -104,3 +105,36 @@ def test_kl_subcommand_is_registered():
     add_bench_command(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "kl", "--ctx", "256", "--max-tokens", "600", "--no-leaflm"])
     assert (args.ctx, args.max_tokens, args.no_leaflm, args.threads) == (256, 600, True, 2)
+
+
+def _fake_build(root: Path, names, flags) -> None:
+    """A cache directory as an earlier build left it: `names` in bin/ and its record."""
+    import json
+
+    bin_dir = root / "bench-peers" / f"llama-cpp-{llama_cpp.VERSION}" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in names:
+        (bin_dir / name).write_text(f"old {name}")
+    record = {"llama_cpp_python": llama_cpp.VERSION, "cmake_flags": list(flags)}
+    (bin_dir.parent / "build.json").write_text(json.dumps(record))
+
+
+def test_an_earlier_build_gets_only_the_missing_binary_beside_the_others(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEAFLM_CACHE_DIR", str(tmp_path / "cache"))
+    old = [b for b in llama_cpp.BINARIES if b != "llama-perplexity"]
+    _fake_build(tmp_path / "cache", old, llama_cpp.CMAKE_FLAGS)
+    assert llama_cpp.build_targets() == ["llama-perplexity"]
+    assert not llama_cpp.is_built()
+    built = tmp_path / "build-bin"
+    built.mkdir()
+    (built / "llama-perplexity").write_text("new")
+    llama_cpp.install_binaries(built, ["llama-perplexity"])
+    assert llama_cpp.is_built() and llama_cpp.build_targets() == []
+    assert (llama_cpp.home() / "bin" / "llama-server").read_text() == "old llama-server"
+    assert not [p for p in (llama_cpp.home() / "bin").iterdir() if p.name.startswith(".")]
+
+
+def test_a_build_with_other_flags_is_rebuilt_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEAFLM_CACHE_DIR", str(tmp_path / "cache"))
+    _fake_build(tmp_path / "cache", llama_cpp.BINARIES, ["-DGGML_NATIVE=OFF"])
+    assert llama_cpp.build_targets() == list(llama_cpp.BINARIES)

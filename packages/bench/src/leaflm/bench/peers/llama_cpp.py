@@ -80,6 +80,11 @@ def _previous_build() -> dict[str, Any] | None:
     return info if same else None
 
 
+def build_targets() -> list[str]:
+    """The binaries a build must make: the missing ones, or all after a version/flag change."""
+    return missing_binaries() if _previous_build() is not None else list(BINARIES)
+
+
 def build(jobs: int = 2, niceness: int = 10, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Download the sdist, build the missing binaries, publish them; a no-op once built.
 
@@ -88,7 +93,7 @@ def build(jobs: int = 2, niceness: int = 10, log: Callable[[str], None] = print)
     (`build.json`: version, flags, binaries, seconds the last build took) last.
     """
     previous = _previous_build()
-    targets = missing_binaries() if previous is not None else list(BINARIES)
+    targets = build_targets()
     if not targets and previous is not None:
         log(f"[llama.cpp] already built in {home()}")
         return previous

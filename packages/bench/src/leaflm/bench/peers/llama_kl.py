@@ -182,7 +182,7 @@ def text_slice(max_tokens: int | None) -> str:
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(None))
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
-    return tokenizer.decode(ids)
+    return str(tokenizer.decode(ids))
 
 
 def compare(

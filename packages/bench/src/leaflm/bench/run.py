@@ -276,3 +276,18 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
         print(f"report: {write_soak_report(results, args.out)}")
     return 0 if results["passed"] else 1
+
+
+def cmd_kl(args: argparse.Namespace) -> int:
+    """llama.cpp's Q4_1-vs-F32 KL on the eval text beside leaflm's GGUF-vs-fp32 (a table)."""
+    from leaflm.bench.peers import llama_kl
+
+    if args.ctx < 4:
+        raise ValueError(f"--ctx must be at least 4, got {args.ctx}")
+    out = Path(args.out) if args.out else None
+    result = llama_kl.compare(args.ctx, args.threads, args.max_tokens, not args.no_leaflm, out)
+    result["command"] = _command()
+    if out is not None:
+        (out / "kl.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(llama_kl.format_table(result))
+    return 0

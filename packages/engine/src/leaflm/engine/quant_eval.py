@@ -91,22 +91,37 @@ def windows(token_ids: list[int], window: int) -> list[list[int]]:
 
 @torch.inference_mode()
 def compare_runners(
-    reference: ModelRunner, candidate: ModelRunner, token_ids: list[int], window: int = 512
+    reference: ModelRunner,
+    candidate: ModelRunner,
+    token_ids: list[int],
+    window: int = 512,
+    score_from: int = 0,
 ) -> Agreement:
-    """Compare the two runners' next-token distributions at every position of `token_ids`."""
+    """Compare the two runners' next-token distributions at every position of `token_ids`.
+
+    `score_from` > 0 scores only the predictions made at positions >= `score_from` of each
+    window (llama.cpp's `llama-perplexity` scores the second half of each chunk: pass
+    `window // 2` to compare at the same positions).
+    """
+    if not 0 <= score_from < window - 1:
+        raise ValueError(f"score_from must be in [0, window - 1), got {score_from}")
     kl_sum, kl_max, agree, positions = 0.0, 0.0, 0, 0
     nll_ref, nll_cand = 0.0, 0.0
     for chunk in windows(token_ids, window):
-        ref = torch.log_softmax(prompt_logits(reference, chunk), dim=-1)[:-1]
-        cand = torch.log_softmax(prompt_logits(candidate, chunk), dim=-1)[:-1]
+        if len(chunk) - 1 <= score_from:
+            continue
+        ref = torch.log_softmax(prompt_logits(reference, chunk), dim=-1)[score_from:-1]
+        cand = torch.log_softmax(prompt_logits(candidate, chunk), dim=-1)[score_from:-1]
         kl = (ref.exp() * (ref - cand)).sum(dim=-1)
         kl_sum += float(kl.sum())
         kl_max = max(kl_max, float(kl.max()))
         agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
-        nxt = torch.tensor(chunk[1:])[:, None]
+        nxt = torch.tensor(chunk[score_from + 1 :])[:, None]
         nll_ref -= float(ref.gather(1, nxt).sum())
         nll_cand -= float(cand.gather(1, nxt).sum())
-        positions += len(chunk) - 1
+        positions += len(chunk) - 1 - score_from
+    if positions == 0:
+        raise ValueError(f"no position to score: {len(token_ids)} tokens, window {window}")
     return Agreement(
         positions=positions,
         mean_kl=kl_sum / positions,

@@ -3,8 +3,10 @@
 The sdist is the one source of llama.cpp a package registry carries. Its vendored tree is
 configured with `-DGGML_NATIVE=ON` (the build machine's own instruction set, as a user
 building it would) and with every option that downloads something at build time turned off
-(the web UI, curl, OpenSSL). Only four binaries are built, statically linked, into
-`peers_root()/llama-cpp-<version>/bin`; the build directory is thrown away after. Targets:
+(the web UI, curl, OpenSSL). Only the binaries the bench runs are built (llama.cpp's tools
+are on by default; its examples and tests stay off), statically linked, into
+`peers_root()/llama-cpp-<version>/bin`; the build directory is thrown away after. A binary
+added to `BINARIES` later is built alone and put beside the ones already there. Targets:
 `llama-cpp` serves an F32 GGUF made from the default model's Q4_1 file (the same weights
 leaflm runs in float32), `llama-cpp-q4` serves the file as shipped.
 """
@@ -27,7 +29,13 @@ from typing import Any
 from leaflm.bench.peers import not_installed, peers_root
 
 VERSION = "0.3.36"  # llama-cpp-python, whose sdist vendors llama.cpp
-BINARIES = ("llama-server", "llama-batched-bench", "llama-bench", "llama-quantize")
+BINARIES = (
+    "llama-server",
+    "llama-batched-bench",
+    "llama-bench",
+    "llama-quantize",
+    "llama-perplexity",  # its --kl-divergence: llama.cpp's own Q4_1-vs-F32 accuracy
+)
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DGGML_NATIVE=ON",
@@ -54,19 +62,41 @@ def binary(name: str) -> Path:
     return path
 
 
+def missing_binaries() -> list[str]:
+    return [b for b in BINARIES if not (home() / "bin" / b).is_file()]
+
+
 def is_built() -> bool:
-    return all((home() / "bin" / b).is_file() for b in BINARIES)
+    return not missing_binaries()
+
+
+def _previous_build() -> dict[str, Any] | None:
+    """The build record, if its binaries were built with today's version and flags."""
+    info_path = home() / "build.json"
+    if not info_path.is_file():
+        return None
+    info = json.loads(info_path.read_text())
+    same = info.get("llama_cpp_python") == VERSION and info.get("cmake_flags") == list(CMAKE_FLAGS)
+    return info if same else None
+
+
+def build_targets() -> list[str]:
+    """The binaries a build must make: the missing ones, or all after a version/flag change."""
+    return missing_binaries() if _previous_build() is not None else list(BINARIES)
 
 
 def build(jobs: int = 2, niceness: int = 10, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Download the sdist, build the binaries, publish them atomically; a no-op once built.
+    """Download the sdist, build the missing binaries, publish them; a no-op once built.
 
-    Returns the build record (`build.json`: version, flags, seconds the build took).
+    Binaries already built with the same version and flags stay (a new one is built alone);
+    otherwise all are rebuilt. Each lands in `bin/` by an atomic rename, the build record
+    (`build.json`: version, flags, binaries, seconds the last build took) last.
     """
-    info_path = home() / "build.json"
-    if is_built() and info_path.is_file():
+    previous = _previous_build()
+    targets = build_targets()
+    if not targets and previous is not None:
         log(f"[llama.cpp] already built in {home()}")
-        return json.loads(info_path.read_text())
+        return previous
     peers_root().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=peers_root(), prefix=".llama-build-") as tmp:
         work = Path(tmp)
@@ -87,27 +117,39 @@ def build(jobs: int = 2, niceness: int = 10, log: Callable[[str], None] = print)
         configure = ["cmake", "-S", str(source), "-B", str(build_dir), *generator, *CMAKE_FLAGS]
         log(f"[llama.cpp] {' '.join(configure)}")
         subprocess.run(configure, check=True)
-        compile_cmd = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *BINARIES]
+        compile_cmd = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *targets]
         log(f"[llama.cpp] {' '.join(compile_cmd)} (this takes a while)")
         subprocess.run([*nice, *compile_cmd], check=True)
         seconds = time.monotonic() - start
-        staged = work / "publish"
-        (staged / "bin").mkdir(parents=True)
-        for name in BINARIES:
-            shutil.copy2(build_dir / "bin" / name, staged / "bin" / name)
-        info = {
-            "llama_cpp_python": VERSION,
-            "cmake_flags": list(CMAKE_FLAGS),
-            "jobs": jobs,
-            "nice": niceness,
-            "build_seconds": round(seconds, 1),
-        }
-        (staged / "build.json").write_text(json.dumps(info, indent=2) + "\n")
-        if home().exists():
-            shutil.rmtree(home())
-        os.replace(staged, home())
-    log(f"[llama.cpp] built in {seconds:.0f} s into {home()}")
+        install_binaries(build_dir / "bin", targets)
+    info = {
+        "llama_cpp_python": VERSION,
+        "cmake_flags": list(CMAKE_FLAGS),
+        "binaries": sorted(set(BINARIES) - set(missing_binaries())),
+        "last_built": targets,
+        "jobs": jobs,
+        "nice": niceness,
+        "build_seconds": round(seconds, 1),
+    }
+    write_build_record(info)
+    log(f"[llama.cpp] built {', '.join(targets)} in {seconds:.0f} s into {home()}")
     return info
+
+
+def install_binaries(source_dir: Path, names: list[str]) -> None:
+    """Copy built binaries into `bin/`, each by an atomic rename (the others stay)."""
+    bin_dir = home() / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        partial = bin_dir / f".{name}.tmp-{os.getpid()}"
+        shutil.copy2(source_dir / name, partial)
+        os.replace(partial, bin_dir / name)
+
+
+def write_build_record(info: dict[str, Any]) -> None:
+    partial = home() / f".build.json.tmp-{os.getpid()}"
+    partial.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(partial, home() / "build.json")
 
 
 def default_q4_gguf() -> Path:

@@ -224,3 +224,35 @@ def test_a_server_that_ignores_ignore_eos_is_caught(tmp_path):
     row = parse_result(json.loads((tmp_path / "r.json").read_text()), output_len=16)
     assert row["failed"] == 0 and row["total_output_tokens"] == 4 * 3
     assert not row["tokens_ok"] and row["short_requests"] == 4
+
+
+def test_llama_server_log_gives_its_own_token_counts():
+    """Real llama-server (0.3.36) timing lines: three 64-token requests, two 4-token ones."""
+    from leaflm.bench.peers.llama_cpp import generated_per_request
+
+    text = (Path(__file__).parent / "data" / "llama_server_timing.log").read_text()
+    assert generated_per_request(text) == [64, 64, 64, 4, 4]  # `prompt eval` lines skipped
+    assert generated_per_request("no timing here") == []
+
+
+def test_llama_rows_are_judged_on_the_servers_count(tmp_path):
+    """vLLM's client re-tokenizes llama-server's text; the server's log decides."""
+    from leaflm.bench.vllm_bench import _server_count
+
+    log = tmp_path / "server.log"
+    log.write_text("startup line with no timing\n")
+    start = log.stat().st_size
+    timing = (Path(__file__).parent / "data" / "llama_server_timing.log").read_text()
+    lines = [ln for ln in timing.splitlines() if "/     4 tokens" not in ln]  # the 64-token three
+    log.write_text(log.read_text() + "\n".join(lines) + "\n")
+    data = json.loads(DATA.read_text())
+    data["num_prompts"], data["completed"], data["total_output_tokens"] = 2, 2, 127
+    row = parse_result(data, output_len=64)
+    assert not row["tokens_ok"]  # by the client's count alone: 127 of 128
+    _server_count(row, log, start, requests=3, output_len=64)  # 2 prompts + 1 warm-up
+    assert row["tokens_ok"] and row["server_output_tokens"] == 192
+    assert (row["server_requests"], row["server_short_requests"]) == (3, 0)
+    _server_count(row, log, start, requests=4, output_len=64)  # one request never served
+    assert not row["tokens_ok"]
+    notes = token_notes([{"target": "llama-cpp", "api": "chat", "concurrency": 2, **row}])
+    assert "llama-server's log counts 192 tokens in 3 requests" in notes[-1]

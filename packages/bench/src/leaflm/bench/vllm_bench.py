@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,30 @@ def parse_result(data: dict[str, Any], output_len: int) -> dict[str, Any]:
     return row
 
 
+def _server_count(
+    row: dict[str, Any], log_path: Path, start: int, requests: int, output_len: int
+) -> None:
+    """llama-server's own token counts for one run (its warm-ups included) decide tokens_ok.
+
+    vLLM's client re-tokenizes llama-server's text (see llama_cpp.generated_per_request), so
+    its total can miss by a token while the server did generate every one.
+    """
+    from leaflm.bench.peers.llama_cpp import generated_per_request
+
+    with open(log_path, "rb") as f:
+        f.seek(start)
+        counts = generated_per_request(f.read().decode("utf-8", errors="replace"))
+    row["server_requests"] = len(counts)
+    row["server_output_tokens"] = sum(counts)
+    row["server_short_requests"] = sum(1 for c in counts if c != output_len)
+    row["tokens_ok"] = (
+        row["failed"] == 0
+        and row["completed"] == row["num_prompts"]
+        and len(counts) == requests
+        and row["server_short_requests"] == 0
+    )
+
+
 def run_vllm_bench(
     kinds: list[str],
     model_dir: str | Path,
@@ -208,6 +233,7 @@ def run_vllm_bench(
                                                 input_len, output_len, seed, num_warmups,
                                                 request_rate, cli)  # fmt: skip
                             log(f"[vllm-bench] {name}: {num_prompts} prompts ...")
+                            log_start = server.log_path.stat().st_size
                             try:
                                 run_measured(cmd, env=client_env(), timeout=timeout,
                                              log_path=result_dir / f"{name}.log")  # fmt: skip
@@ -219,6 +245,10 @@ def run_vllm_bench(
                             row = {"target": kind, "api": api, "concurrency": users}
                             row.update(parse_result(data, output_len))
                             row["result_file"] = f"vllm-bench/{name}.json"
+                            if kind.startswith("llama-cpp"):
+                                time.sleep(0.5)  # the server's last timing lines
+                                _server_count(row, server.log_path, log_start,
+                                              num_prompts + num_warmups, output_len)  # fmt: skip
                             target_rows.append(row)
                             log(f"[vllm-bench] {name}: {row['output_throughput']:.1f} out tok/s, "
                                 f"p50 TTFT {row['ttft_p50_ms']:.0f} ms, {row['failed']} failed, "

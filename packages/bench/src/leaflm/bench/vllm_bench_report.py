@@ -27,6 +27,7 @@ COLUMNS = {
     "failed": "failed",
     "total_output_tokens": "out tokens",
     "expected_output_tokens": "expected",
+    "server_output_tokens": "server-counted",
     "output_throughput": "out tok/s",
     "request_throughput": "req/s",
     "ttft_p50_ms": "TTFT p50",
@@ -66,12 +67,23 @@ def token_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
         if r["tokens_ok"]:
             continue
         where = f"{r['target']} ({r['api']}, {r['concurrency']} users)"
-        short = r.get("short_requests")
+        short = r.get("server_short_requests", r.get("short_requests"))
         detail = f"; {short} requests ended before output_len" if short else ""
         error = f"; first error: {r['first_error']}" if r.get("first_error") else ""
         notes.append(
             f"NOT COMPARABLE: {where} generated {r['total_output_tokens']} of "
             f"{r['expected_output_tokens']} tokens, {r['failed']} failed{detail}{error}"
+        )
+    for r in rows:
+        if "server_output_tokens" not in r:
+            continue
+        where = f"{r['target']} ({r['api']}, {r['concurrency']} users)"
+        notes.append(
+            f"{where}: vLLM's client counted {r['total_output_tokens']} output tokens by "
+            "re-tokenizing the text (it skips the usage llama-server sends in its last "
+            f"`choices` chunk); llama-server's log counts {r['server_output_tokens']} tokens "
+            f"in {r['server_requests']} requests (warm-ups included), "
+            f"{r['server_short_requests']} of them shorter than output_len"
         )
     return notes
 

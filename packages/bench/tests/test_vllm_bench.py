@@ -23,7 +23,13 @@ from fastapi.responses import StreamingResponse
 
 from leaflm.bench.peers import run_measured, vllm_cpu
 from leaflm.bench.servers import free_port
-from leaflm.bench.vllm_bench import bench_command, client_env, parse_result, run_vllm_bench
+from leaflm.bench.vllm_bench import (
+    RunSettings,
+    bench_command,
+    client_env,
+    parse_result,
+    run_vllm_bench,
+)
 from leaflm.bench.vllm_bench_report import table, token_notes, write_report
 from leaflm.engine.cli import build_parser, main
 
@@ -52,8 +58,10 @@ def test_command_asks_every_target_for_the_same_fixed_work():
     assert {k: _flag(cmd, k) for k in expected} == expected
     for flag in ("--ignore-eos", "--save-result", "--save-detailed"):
         assert flag in cmd
+    assert "--header" not in cmd
     chat = bench_command("http://127.0.0.1:9", "m", "/t", "/o", "c.json", "chat",
-                         request_rate=2.5, cli="vllm")  # fmt: skip
+                         request_rate=2.5, cli="vllm", headers=["Connection=close"])  # fmt: skip
+    assert chat[-2:] == ["--header", "Connection=close"]
     assert (_flag(chat, "--backend"), _flag(chat, "--endpoint")) == (
         "openai-chat",
         "/v1/chat/completions",
@@ -67,9 +75,11 @@ def test_command_rejects_bad_input():
     with pytest.raises(ValueError, match="concurrency must be >= 1"):
         bench_command("http://127.0.0.1:9", "m", "/t", "/o", "x.json", concurrency=0, cli="v")
     with pytest.raises(ValueError, match="unknown target"):
-        run_vllm_bench(["bogus"], "/m", "/o", [16], ["completions"], 8, 16, 16)
+        run_vllm_bench(["bogus"], "/m", "/o", [16], ["completions"], RunSettings())
     with pytest.raises(ValueError, match="num_prompts must be >= 1"):
-        run_vllm_bench(["leaflm"], "/m", "/o", [16], ["completions"], 0, 16, 16)
+        run_vllm_bench(["leaflm"], "/m", "/o", [16], ["completions"], RunSettings(0))
+    with pytest.raises(ValueError, match="unknown api"):
+        run_vllm_bench(["leaflm"], "/m", "/o", [16], ["tgi"], RunSettings())
 
 
 def test_parse_a_real_result():
@@ -136,6 +146,7 @@ def test_cli_registers_vllm_serve_and_reports_bad_input(capsys):
     assert callable(args.func) and args.targets == ["leaflm", "llama-cpp"]
     assert args.concurrency == [1, 16] and args.api == ["completions", "chat"]
     assert (args.num_prompts, args.input_len, args.output_len) == (160, 128, 128)
+    assert not args.keep_alive
     assert main(["bench", "vllm-serve", "--targets", "bogus"]) == 2
     assert "leaflm bench vllm-serve: error: unknown target" in capsys.readouterr().out
     assert main(["bench", "vllm-serve", "--targets", "llama-cpp", "--model", "/x"]) == 2
@@ -156,9 +167,11 @@ def test_vllm_bench_serve_against_a_leaflm_server(tmp_path):
     model_dir = build_tiny_model(tmp_path / "model")
     before = _children()
     logs: list[str] = []
+    run = RunSettings(num_prompts=8, input_len=16, output_len=16, timeout=600,
+                      headers=["Connection=close"])  # fmt: skip
     rows, problems = run_vllm_bench(["leaflm"], model_dir, tmp_path / "out", [4],
-                                    ["completions"], 8, 16, 16, log=logs.append,
-                                    kv_cache_memory="16MiB", timeout=600)  # fmt: skip
+                                    ["completions"], run, log=logs.append,
+                                    kv_cache_memory="16MiB")  # fmt: skip
     assert problems == [], problems
     assert _children() <= before, "the leaflm server outlived its run"
     (row,) = rows

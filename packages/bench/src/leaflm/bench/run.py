@@ -160,7 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_vllm_serve(args: argparse.Namespace) -> int:
     """Every target served in turn, measured by `vllm bench serve` (see vllm_bench.py)."""
     from leaflm.bench.report import markdown_table
-    from leaflm.bench.vllm_bench import run_vllm_bench
+    from leaflm.bench.vllm_bench import RunSettings, run_vllm_bench
     from leaflm.bench.vllm_bench_report import table, token_notes, write_report
 
     device = _device(args.device)
@@ -169,12 +169,11 @@ def cmd_vllm_serve(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
-        rows, problems = run_vllm_bench(
-            args.targets, model_dir, out, args.concurrency, args.api, args.num_prompts,
-            args.input_len, args.output_len, seed=args.seed, num_warmups=args.num_warmups,
-            request_rate=args.request_rate, device=device, dtype=args.dtype,
-            timeout=args.timeout,
-        )  # fmt: skip
+        run = RunSettings(args.num_prompts, args.input_len, args.output_len, args.seed,
+                          args.num_warmups, args.request_rate, args.timeout,
+                          [] if args.keep_alive else ["Connection=close"])  # fmt: skip
+        rows, problems = run_vllm_bench(args.targets, model_dir, out, args.concurrency,
+                                        args.api, run, device, args.dtype)  # fmt: skip
         print(markdown_table(table(rows)))
         for line in [*token_notes(rows), *(f"problem: {p}" for p in problems)]:
             print(line)
@@ -194,6 +193,7 @@ def cmd_vllm_serve(args: argparse.Namespace) -> int:
                     "input_len": args.input_len,
                     "output_len": args.output_len,
                     "seed": args.seed,
+                    "headers": ",".join(run.headers) or "none",
                 },
                 "rows": rows,
                 "problems": problems,

@@ -12,14 +12,17 @@ look faster per request than it is).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from leaflm.bench.peers import TreePeakRss, not_installed, run_measured
+from leaflm.bench.servers import ManagedServer
 
 # Our API names (as in `leaflm bench serve`) -> vLLM's --backend and --endpoint.
 APIS = {
@@ -61,12 +64,14 @@ def bench_command(
     num_warmups: int = 1,
     request_rate: float = math.inf,
     cli: str | Path | None = None,
+    headers: list[str] | None = None,
 ) -> list[str]:
     """The `vllm bench serve` command line for one API and concurrency level of one target.
 
     `model` is the name the server serves (sent in every request); prompts are made and
     counted with the local `tokenizer` directory, never a hub id. `--save-detailed` keeps
-    each request's output length, which the ignore-EOS check needs.
+    each request's output length, which the ignore-EOS check needs. `headers` (KEY=VALUE)
+    go with every request.
     """
     if api not in APIS:
         raise ValueError(f"unknown api {api!r}: choose from {', '.join(APIS)}")
@@ -98,6 +103,7 @@ def bench_command(
         "--result-dir", str(result_dir),
         "--result-filename", result_filename,
         "--disable-tqdm",
+        *(["--header", *headers] if headers else []),
     ]  # fmt: skip
 
 
@@ -169,28 +175,62 @@ def _server_count(
     )
 
 
+@dataclass
+class RunSettings:
+    """What every `vllm bench serve` run of one invocation shares."""
+
+    num_prompts: int = 160
+    input_len: int = 128
+    output_len: int = 128
+    seed: int = 0
+    num_warmups: int = 1
+    request_rate: float = math.inf
+    timeout: float = 3600.0
+    headers: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        for name in ("num_prompts", "input_len", "output_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _one_run(
+    server: ManagedServer, kind: str, model: str, model_dir: str | Path, api: str, users: int,
+    run: RunSettings, result_dir: Path, cli: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """One `vllm bench serve` against a running server; its parsed row."""
+    name = f"{kind}-{api}-c{users}"
+    cmd = bench_command(server.base_url, model, model_dir, result_dir, f"{name}.json", api,
+                        users, run.num_prompts, run.input_len, run.output_len, run.seed,
+                        run.num_warmups, run.request_rate, cli, run.headers)  # fmt: skip
+    log_start = server.log_path.stat().st_size
+    run_measured(cmd, env=client_env(), timeout=run.timeout, log_path=result_dir / f"{name}.log")
+    data = json.loads((result_dir / f"{name}.json").read_text())
+    row: dict[str, Any] = {"target": kind, "api": api, "concurrency": users}
+    row.update(parse_result(data, run.output_len))
+    row["result_file"] = f"{result_dir.name}/{name}.json"
+    if kind.startswith("llama-cpp"):
+        time.sleep(0.5)  # the server's last timing lines
+        _server_count(row, server.log_path, log_start, run.num_prompts + run.num_warmups,
+                      run.output_len)  # fmt: skip
+    return row
+
+
 def run_vllm_bench(
     kinds: list[str],
     model_dir: str | Path,
     out_dir: str | Path,
     levels: list[int],
     apis: list[str],
-    num_prompts: int,
-    input_len: int,
-    output_len: int,
-    seed: int = 0,
-    num_warmups: int = 1,
-    request_rate: float = math.inf,
+    run: RunSettings,
     device: str = "cpu",
     dtype: str = "auto",
-    timeout: float = 3600.0,
     log: Callable[[str], None] = print,
     kv_cache_memory: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Every target in turn: start its server, run each API x level, stop it.
 
     `kv_cache_memory` sizes a leaflm server's KV cache (None: the engine's default).
-
     Returns the rows (one per target, API and level) and problems (a target that could
     not start, a client run that failed); neither stops the other targets.
     """
@@ -203,11 +243,9 @@ def run_vllm_bench(
     bad_api = [a for a in apis if a not in APIS]
     if bad_api:
         raise ValueError(f"unknown api(s) {bad_api}: choose from {', '.join(APIS)}")
-    sizes = {"concurrency": min(levels, default=0), "num_prompts": num_prompts,
-             "input_len": input_len, "output_len": output_len}  # fmt: skip
-    for name, value in sizes.items():
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not levels or min(levels) < 1:
+        raise ValueError(f"concurrency levels must be >= 1, got {levels}")
+    run.check()
     cli = vllm_cli()  # fail before any server starts
     out = Path(out_dir)
     result_dir = out / "vllm-bench"
@@ -215,45 +253,28 @@ def run_vllm_bench(
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
     for kind in kinds:
-        port = free_port()
         try:
-            server = managed_server(kind, str(model_dir), port, out / f"server-{kind}.log",
+            server = managed_server(kind, str(model_dir), free_port(), out / f"server-{kind}.log",
                                     device, dtype, max(levels), kv_cache_memory)  # fmt: skip
             log(f"[vllm-bench] starting {kind}: {' '.join(server.command)}")
+            target_rows = []
             with server:
                 assert server.process is not None
                 model = served_model_id(server.base_url) or str(model_dir)
-                target_rows = []
                 with TreePeakRss(server.process.pid) as rss:
-                    for api in apis:
-                        for users in levels:
-                            name = f"{kind}-{api}-c{users}"
-                            cmd = bench_command(server.base_url, model, model_dir, result_dir,
-                                                f"{name}.json", api, users, num_prompts,
-                                                input_len, output_len, seed, num_warmups,
-                                                request_rate, cli)  # fmt: skip
-                            log(f"[vllm-bench] {name}: {num_prompts} prompts ...")
-                            log_start = server.log_path.stat().st_size
-                            try:
-                                run_measured(cmd, env=client_env(), timeout=timeout,
-                                             log_path=result_dir / f"{name}.log")  # fmt: skip
-                            except Exception as exc:
-                                problems.append(f"{name}: vllm bench serve failed: {exc}")
-                                log(f"[vllm-bench] {name} failed: {exc}")
-                                continue
-                            data = json.loads((result_dir / f"{name}.json").read_text())
-                            row = {"target": kind, "api": api, "concurrency": users}
-                            row.update(parse_result(data, output_len))
-                            row["result_file"] = f"vllm-bench/{name}.json"
-                            if kind.startswith("llama-cpp"):
-                                time.sleep(0.5)  # the server's last timing lines
-                                _server_count(row, server.log_path, log_start,
-                                              num_prompts + num_warmups, output_len)  # fmt: skip
-                            target_rows.append(row)
-                            log(f"[vllm-bench] {name}: {row['output_throughput']:.1f} out tok/s, "
-                                f"p50 TTFT {row['ttft_p50_ms']:.0f} ms, {row['failed']} failed, "
-                                f"{row['total_output_tokens']}/{row['expected_output_tokens']} "
-                                "tokens")  # fmt: skip
+                    for api, users in itertools.product(apis, levels):
+                        where = f"{kind} {api} {users} users"
+                        log(f"[vllm-bench] {where}: {run.num_prompts} prompts ...")
+                        try:
+                            row = _one_run(server, kind, model, model_dir, api, users, run,
+                                           result_dir, cli)  # fmt: skip
+                        except Exception as exc:
+                            problems.append(f"{where}: {exc}")
+                            log(f"[vllm-bench] {where} failed: {exc}")
+                            continue
+                        target_rows.append(row)
+                        log(f"[vllm-bench] {where}: {row['output_throughput']:.1f} out tok/s, "
+                            f"p50 TTFT {row['ttft_p50_ms']:.0f} ms, {row['failed']} failed")  # fmt: skip
             for row in target_rows:  # the server's process tree over all of its runs
                 row["server_peak_rss_mb"] = rss.peak_mb
             rows += target_rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -124,10 +125,21 @@ def test_report_table_ratio_plot_and_flags(tmp_path):
             "server_peak_rss_mb": 1270.0}  # fmt: skip
     theirs = {**ours, "target": "llama-cpp", "output_throughput": row["output_throughput"] / 2,
               "total_output_tokens": 100, "tokens_ok": False}  # fmt: skip
+    slower = {
+        **ours,
+        "target": "vllm-cpu",
+        "duration_s": 2 * row["duration_s"],
+        "output_throughput": 0.9 * row["output_throughput"] / 2,
+    }  # a client undercount
+    frame = table([theirs, slower, ours])
+    assert list(frame["target"]) == ["leaflm", "llama-cpp", "vllm-cpu"]
+    assert list(frame["ignore_eos ok"]) == ["yes", "NO", "yes"]
+    exact = frame["out tok/s (exact count)"].tolist()
+    assert exact[0] == pytest.approx(128 / row["duration_s"]) and math.isnan(exact[1])
+    assert exact[2] == pytest.approx(exact[0] / 2)  # 128 tokens in twice the time
+    ratio = frame["leaflm out-tok ratio"].tolist()
+    assert ratio[0] == 1.0 and math.isnan(ratio[1]) and ratio[2] == pytest.approx(2.0)
     frame = table([theirs, ours])
-    assert list(frame["target"]) == ["leaflm", "llama-cpp"]
-    assert list(frame["ignore_eos ok"]) == ["yes", "NO"]
-    assert frame["leaflm out-tok ratio"].tolist() == pytest.approx([1.0, 2.0])
     path = write_report({"title": "t", "rows": [ours, theirs], "problems": ["z: down"]}, tmp_path)
     text = path.read_text()
     assert "| leaflm | completions | 4 | 8 | 0 | 128 | 128 |" in text

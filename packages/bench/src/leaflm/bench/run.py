@@ -157,6 +157,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0 if rows else 1
 
 
+def cmd_vllm_serve(args: argparse.Namespace) -> int:
+    """Every target served in turn, measured by `vllm bench serve` (see vllm_bench.py)."""
+    from leaflm.bench.report import markdown_table
+    from leaflm.bench.vllm_bench import RunSettings, run_vllm_bench
+    from leaflm.bench.vllm_bench_report import table, token_notes, write_report
+
+    device = _device(args.device)
+    _check_llama_model(args, list(args.targets))
+    model_dir = resolve_model_dir(args.model)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out) if args.out else Path(tmp)
+        run = RunSettings(args.num_prompts, args.input_len, args.output_len, args.seed,
+                          args.num_warmups, args.request_rate, args.timeout,
+                          [] if args.keep_alive else ["Connection=close"])  # fmt: skip
+        rows, problems = run_vllm_bench(args.targets, model_dir, out, args.concurrency,
+                                        args.api, run, device, args.dtype)  # fmt: skip
+        print(markdown_table(table(rows)))
+        for line in [*token_notes(rows), *(f"problem: {p}" for p in problems)]:
+            print(line)
+        if args.out:
+            results = {
+                "title": "Serving measured with vLLM's `vllm bench serve`",
+                "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "command": _command(),
+                "machine": describe_machine(),
+                "config": {
+                    "model": str(model_dir),
+                    "device": device,
+                    "dtype": args.dtype,
+                    "api": ",".join(args.api),
+                    "concurrency": args.concurrency,
+                    "num_prompts": args.num_prompts,
+                    "input_len": args.input_len,
+                    "output_len": args.output_len,
+                    "seed": args.seed,
+                    "headers": ",".join(run.headers) or "none",
+                },
+                "rows": rows,
+                "problems": problems,
+                "notes": [f"whole run took {(time.monotonic() - started) / 60:.1f} minutes"],
+            }
+            print(f"report: {write_report(results, out)}")
+    return 0 if rows and not problems and all(r["tokens_ok"] for r in rows) else 1
+
+
 def _default_name(args: argparse.Namespace, device: str) -> str:
     model = "smollm2" if args.model is None else Path(args.model).name.lower()
     return f"{'gpu' if device.startswith('cuda') else 'cpu'}-{model}"

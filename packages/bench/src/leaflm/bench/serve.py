@@ -91,7 +91,7 @@ def parse_target(text: str, api: str = "completions", eos_style: str = "") -> Ta
     return TargetSpec(name=name, url=url, api=api, ignore_eos=style)
 
 
-def _model_id(base_url: str) -> str:
+def served_model_id(base_url: str) -> str:
     try:
         data = httpx.get(base_url.rstrip("/") + "/v1/models", timeout=10.0).json()
         return str(data["data"][0]["id"])
@@ -199,7 +199,7 @@ def sweep_target(
     return rows, raw
 
 
-def _managed_server(
+def managed_server(
     kind: str,
     model_dir: str,
     port: int,
@@ -209,7 +209,10 @@ def _managed_server(
     users: int,
     kv_cache_memory: str | None = None,
 ) -> ManagedServer:
-    """A fresh, not yet started server of `kind`; a peer gets `users` parallel slots."""
+    """A fresh, not yet started server of `kind`; a peer gets `users` parallel slots.
+
+    Every bench mode that starts servers (this sweep, `vllm_bench`) starts them here.
+    """
     if kind in PEER_TARGETS:
         from leaflm.bench.peers.targets import peer_server
 
@@ -272,13 +275,18 @@ def run_serve(
             if spec.kind is None:
                 assert spec.url is not None
                 target = Target(
-                    spec.name, spec.url, api, _model_id(spec.url), spec.ignore_eos, spec.extra_body
+                    spec.name,
+                    spec.url,
+                    api,
+                    served_model_id(spec.url),
+                    spec.ignore_eos,
+                    spec.extra_body,
                 )
                 t_rows, t_raw = sweep_target(spec, workload, levels, target, **common)
             else:
                 port = free_port()
                 log_path = Path(log_dir) / f"server-{spec.name}.log"
-                server = _managed_server(spec.kind, model_dir, port, log_path, device, dtype,
+                server = managed_server(spec.kind, model_dir, port, log_path, device, dtype,
                                          max(levels), kv_cache_memory)  # fmt: skip
                 log(f"[serve] starting {spec.name}: {' '.join(server.command)}")
                 with server:
@@ -287,7 +295,7 @@ def run_serve(
                         spec.name,
                         server.base_url,
                         api,
-                        _model_id(server.base_url),
+                        served_model_id(server.base_url),
                         _IGNORE_EOS[spec.kind],
                         spec.extra_body,
                     )

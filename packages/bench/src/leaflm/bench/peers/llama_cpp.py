@@ -256,3 +256,16 @@ def parse_batched_bench(text: str) -> list[dict[str, float]]:
     if not rows:
         raise ValueError(f"no result rows in llama-batched-bench output:\n{text[-1500:]}")
     return rows
+
+
+_GENERATED = re.compile(r"\|\s+eval time =\s+[\d.]+ ms /\s+(\d+) tokens")
+
+
+def generated_per_request(server_log: str) -> list[int]:
+    """Tokens llama-server generated for each finished request, from its log's timing lines.
+
+    The server's own count: vLLM's client cannot read llama-server's `usage` (it comes in the
+    last chunk that also holds `choices`) and re-tokenizes the text, which can differ by a
+    token, so whether ignore_eos was honoured is checked here.
+    """
+    return [int(m.group(1)) for m in _GENERATED.finditer(server_log)]

@@ -16,6 +16,7 @@ from typing import Any
 from leaflm.bench.machine import describe_machine
 from leaflm.bench.metrics import OfflineResult, parse_slo
 from leaflm.bench.model_dir import resolve_model_dir
+from leaflm.bench.peers import PEER_BACKENDS, PEER_TARGETS
 from leaflm.bench.workload import BenchRequest, chat_workload, random_workload
 
 DEFAULT_REPORT_BUDGET_MIN = 28.0  # `nox -s bench` must finish in 30 minutes on 2 cores
@@ -223,7 +224,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out_root) / (args.name or _default_name(args, device))
     out.mkdir(parents=True, exist_ok=True)
     results = _base_results(args, model_dir, device)
-    results["title"] = f"leaflm vs HF Transformers — {out.name}"
+    peers = set(PEER_BACKENDS) & set(args.backends) or set(PEER_TARGETS) & set(args.targets)
+    against = "vLLM-CPU and llama.cpp" if peers else "HF Transformers"
+    results["title"] = f"leaflm vs {against} — {out.name}"
     if not args.skip_offline:
         offline = _offline(args, model_dir, device, failures=results["problems"])
         results["offline"] = [r.to_dict() for r in offline]

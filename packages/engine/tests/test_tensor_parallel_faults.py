@@ -106,7 +106,12 @@ def test_workers_end_with_their_driver_process(llama_dir, how):
             driver.send_signal(signal.SIGTERM)
         elif how == "ctrl-c":
             os.killpg(driver.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole group
-        driver.wait(timeout=60)
+        try:
+            driver.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            driver.send_signal(signal.SIGUSR1)  # where it hangs: its stacks on stderr
+            time.sleep(2)
+            raise
         assert wait_gone(pids) == []
     finally:
         if driver.poll() is None:

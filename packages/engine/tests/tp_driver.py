@@ -7,11 +7,16 @@ until a signal ends it.
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
 import sys
 
 
 def main() -> None:
+    # The test sends SIGUSR1 before it kills a driver that did not exit: its threads' stacks
+    # go to stderr, into the test's report.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     from leaflm.engine import LLM, SamplingParams
 
     model_dir, mode = sys.argv[1], sys.argv[2]

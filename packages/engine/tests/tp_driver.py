@@ -17,6 +17,9 @@ def main() -> None:
     # The test sends SIGUSR1 before it kills a driver that did not exit: its threads' stacks
     # go to stderr, into the test's report.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # A terminal's Ctrl-C raises KeyboardInterrupt, even when this runs under a shell's
+    # background job: those start with SIGINT ignored, which Python then leaves ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from leaflm.engine import LLM, SamplingParams
 
     model_dir, mode = sys.argv[1], sys.argv[2]

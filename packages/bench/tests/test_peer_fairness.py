@@ -10,16 +10,13 @@ all of them; the bodies each prefix received must agree in every field but `mode
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import pytest
-import uvicorn
+from bench_testenv import completion_stream, thread_server
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from leaflm.bench.serve import _IGNORE_EOS, parse_target, run_serve
-from leaflm.bench.servers import free_port
 from leaflm.bench.sse import Target, build_payload
 from leaflm.bench.workload import BenchRequest
 
@@ -43,15 +40,7 @@ def _recording_app(bodies: dict[str, list[dict]]) -> FastAPI:
         wanted = int(body["max_tokens"])
         forced = body.get("ignore_eos") or body.get("min_tokens") == wanted
         count = wanted if forced else min(EARLY_EOS, wanted)
-
-        def stream():
-            for i in range(count):
-                yield f"data: {json.dumps({'choices': [{'index': 0, 'text': f't{i}'}]})}\n\n"
-            usage = {"prompt_tokens": 1, "completion_tokens": count}
-            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(stream(), media_type="text/event-stream")
+        return completion_stream(count, prompt_tokens=1, text=lambda i: f"t{i}")
 
     return app
 
@@ -59,20 +48,8 @@ def _recording_app(bodies: dict[str, list[dict]]) -> FastAPI:
 @pytest.fixture
 def recording_server():
     bodies: dict[str, list[dict]] = {}
-    port = free_port()
-    config = uvicorn.Config(_recording_app(bodies), host="127.0.0.1", port=port, log_level="error")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline, "recording server did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}", bodies
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with thread_server(_recording_app(bodies)) as base:
+        yield base, bodies
 
 
 def _generation_fields(body: dict) -> dict:

@@ -6,9 +6,11 @@ the same fake without a fault passes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
+from bench_testenv import thread_server
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
@@ -90,32 +92,8 @@ def fake_app(fault: str = "") -> FastAPI:
 
 @pytest.fixture()
 def serve_fake():
-    from leaflm.gateway.server import free_port
-
-    started = []
-
-    def start(fault: str):
-        import threading
-
-        import uvicorn
-
-        port = free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(fake_app(fault), host="127.0.0.1", port=port, log_level="error")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        started.append((server, thread))
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("fake server did not start")
-            asyncio.run(asyncio.sleep(0.02))
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for server, thread in started:
-        server.should_exit = True
-        thread.join(10)
+    with contextlib.ExitStack() as servers:  # every fake server stops with the test
+        yield lambda fault: servers.enter_context(thread_server(fake_app(fault)))
 
 
 def _soak(url: str, **overrides) -> tuple[list[dict], dict]:

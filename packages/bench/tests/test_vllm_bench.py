@@ -13,18 +13,14 @@ from __future__ import annotations
 import copy
 import json
 import math
-import threading
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-import uvicorn
+from bench_testenv import completion_stream, thread_server
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
 
 from leaflm.bench.peers import run_measured, vllm_cpu
-from leaflm.bench.servers import free_port
 from leaflm.bench.vllm_bench import (
     RunSettings,
     bench_command,
@@ -208,16 +204,7 @@ def _early_eos_app(bodies: list[dict]) -> FastAPI:
     async def completions(request: Request):
         body = await request.json()
         bodies.append(body)
-        count = min(3, int(body["max_tokens"]))
-
-        def stream():
-            for i in range(count):
-                yield f"data: {json.dumps({'choices': [{'index': 0, 'text': f' t{i}'}]})}\n\n"
-            usage = {"prompt_tokens": 16, "completion_tokens": count}
-            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(stream(), media_type="text/event-stream")
+        return completion_stream(min(3, int(body["max_tokens"])), prompt_tokens=16)
 
     return app
 
@@ -229,22 +216,10 @@ def test_a_server_that_ignores_ignore_eos_is_caught(tmp_path):
     tokenizer_dir = tmp_path / "tok"
     train_tiny_tokenizer(tokenizer_dir)
     bodies: list[dict] = []
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(_early_eos_app(bodies), host="127.0.0.1", port=port,
-                                           log_level="error"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline, "fake server did not start"
-            time.sleep(0.05)
-        cmd = bench_command(f"http://127.0.0.1:{port}", "fake", tokenizer_dir, tmp_path,
+    with thread_server(_early_eos_app(bodies)) as base:
+        cmd = bench_command(base, "fake", tokenizer_dir, tmp_path,
                             "r.json", "completions", 2, 4, 16, 16, num_warmups=0)  # fmt: skip
         run_measured(cmd, env=client_env(), timeout=600, log_path=tmp_path / "client.log")
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     assert len(bodies) == 4 and all(b["ignore_eos"] is True for b in bodies)
     assert all(b["max_tokens"] == 16 and b["temperature"] == 0 for b in bodies)
     row = parse_result(json.loads((tmp_path / "r.json").read_text()), output_len=16)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from leaflm.bench.checks import Check
+from leaflm.bench.checks import Check, ratio_check
 from leaflm.bench.metrics import OfflineResult
 from leaflm.bench.peers import PEER_BACKENDS, PEER_TARGETS
 
@@ -33,12 +33,6 @@ def has_peers(offline: Sequence[OfflineResult], serving: Sequence[dict[str, Any]
     )
 
 
-def _ratio_check(name: str, required: str, ours: float, theirs: float, need: float) -> Check:
-    ratio = ours / theirs
-    measured = f"{ratio:.2f}× ({ours:.1f} vs {theirs:.1f} tok/s)"
-    return Check(name, required, measured, "met" if ratio >= need else "MISSED")
-
-
 def check_peer_targets(
     offline: Sequence[OfflineResult], serving: Sequence[dict[str, Any]]
 ) -> list[Check]:
@@ -56,7 +50,7 @@ def check_peer_targets(
             checks.append(Check(name, required, "—", "not measured"))
             continue
         best = max(measured, key=lambda r: r.output_tok_per_s)
-        check = _ratio_check(name, required, ours.output_tok_per_s, best.output_tok_per_s, need)
+        check = ratio_check(name, required, ours.output_tok_per_s, best.output_tok_per_s, need)
         if len(bases) > 1:
             check.measured += f", best: {best.backend}"
         checks.append(check)
@@ -71,7 +65,7 @@ def check_peer_targets(
             checks.append(Check(f"{name}, TTFT", req_ttft, "—", "not measured"))
             continue
         tp_ours, tp_theirs = ours["output_throughput"], theirs["output_throughput"]
-        checks.append(_ratio_check(name, req_tp, tp_ours, tp_theirs, need))
+        checks.append(ratio_check(name, req_tp, tp_ours, tp_theirs, need))
         a, b = ours["ttft_p50_ms"], theirs["ttft_p50_ms"]
         status = "met" if a < b else "MISSED"
         checks.append(Check(f"{name}, TTFT", req_ttft, f"{a:.0f} ms vs {b:.0f} ms", status))

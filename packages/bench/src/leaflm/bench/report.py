@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from leaflm.bench import peer_targets, plots
-from leaflm.bench.checks import Check
+from leaflm.bench.checks import Check, ratio_check
 from leaflm.bench.metrics import OfflineResult
 
 # The targets (2-core CPU, float32, default model, 64 requests 128 in / 128 out).
@@ -102,13 +102,8 @@ def check_targets(
         if leaf is None or other is None or other.output_tok_per_s <= 0:
             checks.append(Check(f"offline vs {name}", required, "—", "not measured"))
             continue
-        ratio = leaf.output_tok_per_s / other.output_tok_per_s
-        measured = (
-            f"{ratio:.2f}× ({leaf.output_tok_per_s:.1f} vs {other.output_tok_per_s:.1f} tok/s)"
-        )
-        checks.append(
-            Check(f"offline vs {name}", required, measured, "met" if ratio >= need else "MISSED")
-        )
+        checks.append(ratio_check(f"offline vs {name}", required, leaf.output_tok_per_s,
+                                  other.output_tok_per_s, need))  # fmt: skip
     base, level = SERVING_TARGET["baseline"], SERVING_TARGET["concurrency"]
     need = float(SERVING_TARGET["throughput_ratio"])
     rows = {(r["target"], r["concurrency"]): r for r in serving}
@@ -120,12 +115,8 @@ def check_targets(
         checks.append(Check(name_tp, req_tp, "—", "not measured"))
         checks.append(Check(name_ttft, req_ttft, "—", "not measured"))
         return checks
-    ratio = ours["output_throughput"] / theirs["output_throughput"]
-    checks.append(Check(
-        name_tp, req_tp,
-        f"{ratio:.2f}× ({ours['output_throughput']:.1f} vs {theirs['output_throughput']:.1f} tok/s)",
-        "met" if ratio >= need else "MISSED",
-    ))  # fmt: skip
+    checks.append(ratio_check(name_tp, req_tp, ours["output_throughput"],
+                              theirs["output_throughput"], need))  # fmt: skip
     a, b = ours["ttft_p50_ms"], theirs["ttft_p50_ms"]
     ttft_ratio = b / a if a > 0 else math.nan
     checks.append(Check(

@@ -164,6 +164,8 @@ def vllm_bench_bars(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     Each bar is one API and concurrency level; a run that did not generate the tokens it was
     asked for (it ignored `ignore_eos`) is hatched and marked "not comparable".
     """
+    from leaflm.bench.vllm_bench import exact_throughput
+
     runs = sorted({(r["api"], r["concurrency"]) for r in rows}, key=lambda k: (k[0], k[1]))
     targets = list(dict.fromkeys(r["target"] for r in rows))
     by_key = {(r["target"], r["api"], r["concurrency"]): r for r in rows}
@@ -180,8 +182,6 @@ def vllm_bench_bars(rows: Sequence[dict[str, Any]], path: Path) -> Path:
                     continue
                 value = row[key]
                 if key == "output_throughput" and row["tokens_ok"]:
-                    from leaflm.bench.vllm_bench import exact_throughput
-
                     value = exact_throughput(row)  # the exact count, not a re-tokenization
                 top = max(top, value)
                 bar = ax.bar(x[i] + (j - (len(runs) - 1) / 2) * width, value, width * 0.95,

@@ -459,7 +459,9 @@ int leaflm_gguf_rows(
                     v = (float)q * (d * (float)blk[256 + lane])
                         + -(half_at(heads + 32 + 2 * lane) * (float)blk[272 + lane]);
                     break;
-                case Q6_K: v = (float)(q - 32) * (d * (float)(int8_t)blk[384 + 16 * (i / 16) + lane]); break;
+                case Q6_K: /* a signed scale per 16 inputs */
+                    v = (float)(q - 32) * (d * (float)(int8_t)blk[384 + 16 * (i / 16) + lane]);
+                    break;
                 default: v = (float)q * d; /* Q8_0: signed as stored */
                 }
                 row[b * QK + i] = v;

@@ -329,8 +329,9 @@ void leaflm_paged_attention(
         work += row_ctx[r];
     }
     /* A thread's wake-up costs about what 64k multiply-adds do: small calls stay on one. A
-     * single row (batch-1 decode) would split its few heads, which paid off only from ~2k
-     * tokens of context: at 136 a call took 31 us on two threads, 17 on one (Zen 5 VM). */
+     * single row (batch-1 decode) splits its few heads only from 1M (~1.8k tokens for 9 heads
+     * of 64): at 136 tokens a call took 31 us on two threads and 17 on one (Zen 5 VM); where
+     * two threads start to pay off was not measured. */
     const int64_t min_work = rows == 1 ? (1 << 20) : 65536;
     const int threads = work * num_heads * head_dim >= min_work ? num_threads : 1;
     /* Whole rows per work item, unless there are too few rows to share among the threads. */

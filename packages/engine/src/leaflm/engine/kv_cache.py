@@ -7,6 +7,14 @@ copy for all layers at once. The swap pool is the same shape in host memory.
 On CPU the cache is an anonymous private mapping that the kernel zero-fills page by page on
 first write: a process holds (RSS) only the blocks it has used so far, not the whole reserve,
 and the start-up does not spend seconds zeroing gigabytes it may never touch.
+
+The cache is not advised onto huge pages (the packed weights are): a fault in a region
+marked MADV_HUGEPAGE compacts memory synchronously under the kernel's default THP `defrag`
+setting, and blocks are first written in the middle of a step. On the 2-core dev VM a fresh
+cache faulted in at ~0.46 GB/s on huge pages against ~2.6 GB/s on 4 KiB pages; offline
+64 x 128/128 ran 575-581 vs 547-554 tok/s without the advice (fresh processes, interleaved),
+and `vllm bench serve` at 16 users 409 and 379 vs 400 and 354, while with the cache faulted
+in ahead the page size was worth little (4 KiB 576 and 617, huge 621 and 625 tok/s).
 """
 
 from __future__ import annotations
@@ -16,8 +24,6 @@ import mmap
 import os
 
 import torch
-
-from leaflm.kernels.cpu import hugepages
 
 DEFAULT_CPU_KV_BYTES = 4 * 1024**3
 DEFAULT_CPU_KV_FRACTION = 0.25  # of available RAM: other processes share the machine
@@ -77,7 +83,6 @@ class KVCache:
         shape = (2, num_layers, num_blocks, block_size, num_kv_heads, head_dim)
         if torch.device(device).type == "cpu":
             self.data = lazily_zeroed_cpu(shape, dtype)  # zeros: no NaN garbage in unused slots
-            hugepages.advise_tensor(self.data)  # before the first touch: faults get 2 MiB pages
         else:
             self.data = torch.zeros(shape, dtype=dtype, device=device)
         self.layers = [(self.data[0, i], self.data[1, i]) for i in range(num_layers)]

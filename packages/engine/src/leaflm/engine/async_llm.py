@@ -30,9 +30,19 @@ class _Stream:
         self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
 
     def put(self, item: RequestOutput | BaseException) -> None:
-        # RuntimeError: the consumer's loop is closed, so nobody is listening any more.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        _hand_over(self.loop, [(self.queue, item)])
+
+
+def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:
+    for q, item in items:
+        q.put_nowait(item)
+
+
+def _hand_over(loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Queue, Any]]) -> None:
+    """Queue `items` on `loop` with one wake-up of it (a step's outputs go in one call)."""
+    # RuntimeError: the consumer's loop is closed, so nobody is listening any more.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_put_all, items)
 
 
 class AsyncLLM:
@@ -116,12 +126,22 @@ class AsyncLLM:
         self._wake.set()
 
     def _deliver(self, out: RequestOutput | BaseException, request_id: str) -> None:
+        self._deliver_all([(request_id, out)])
+
+    def _deliver_all(self, items: list[tuple[str, RequestOutput | BaseException]]) -> None:
+        """Hand items to their streams, one wake-up per consumer loop: a step's outputs go
+        together, since waking the server's loop once a request (16 self-pipe writes a step
+        at 16 users) costs CPU that the step's kernels are using."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
         with self._lock:
-            stream = self._streams.get(request_id)
-            if isinstance(out, BaseException) or getattr(out, "finished", False):
-                self._streams.pop(request_id, None)
-        if stream is not None:
-            stream.put(out)
+            for request_id, out in items:
+                stream = self._streams.get(request_id)
+                if isinstance(out, BaseException) or getattr(out, "finished", False):
+                    self._streams.pop(request_id, None)
+                if stream is not None:
+                    by_loop.setdefault(stream.loop, []).append((stream.queue, out))
+        for loop, queued in by_loop.items():
+            _hand_over(loop, queued)
 
     def _apply_commands(self) -> None:
         while True:
@@ -154,8 +174,7 @@ class AsyncLLM:
                 for rid in before - set(self.engine.requests):
                     self._deliver(exc, rid)
                 continue
-            for out in outputs:
-                self._deliver(out, out.request_id)
+            self._deliver_all([(out.request_id, out) for out in outputs])
         for request_id in list(self.engine.requests):
             self.engine.abort(request_id)
         with self._lock:

@@ -28,7 +28,7 @@ from leaflm.bench.vllm_bench import (
     parse_result,
     run_vllm_bench,
 )
-from leaflm.bench.vllm_bench_report import table, token_notes, write_report
+from leaflm.bench.vllm_bench_report import median_rounds, table, token_notes, write_report
 from leaflm.engine.cli import build_parser, main
 
 DATA = Path(__file__).parent / "data" / "vllm_bench_serve_leaflm.json"
@@ -149,6 +149,35 @@ def test_report_table_ratio_plot_and_flags(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["rows"][0]["target"] == "leaflm"
 
 
+def test_rounds_interleave_and_the_report_keeps_each_targets_median_round(tmp_path):
+    row = parse_result(json.loads(DATA.read_text()), output_len=16)
+    base = {"api": "completions", "concurrency": 4, **row, "server_peak_rss_mb": 900.0}
+
+    def round_of(target: str, rnd: int, duration: float, **extra) -> dict:
+        return {**base, "target": target, "round": rnd, "duration_s": duration,
+                "ttft_p50_ms": 10.0 * rnd, **extra}  # fmt: skip
+
+    rows = [round_of("leaflm", 1, 1.0), round_of("vllm-cpu", 1, 2.0),
+            round_of("leaflm", 2, 4.0), round_of("vllm-cpu", 2, 1.6),
+            round_of("leaflm", 3, 2.0), round_of("vllm-cpu", 3, 1.0, tokens_ok=False)]  # fmt: skip
+    kept = {r["target"]: r for r in median_rounds(rows)}
+    # leaflm ran 128, 32, 64 tok/s: the median is round 3, kept whole (its own TTFT)
+    assert kept["leaflm"]["round"] == 3 and kept["leaflm"]["ttft_p50_ms"] == 30.0
+    assert kept["leaflm"]["rounds"] == "128.0, 32.0, 64.0" and kept["leaflm"]["tokens_ok"]
+    # a round that did not do the work ranks slowest and flags the target
+    assert kept["vllm-cpu"]["round"] == 1 and not kept["vllm-cpu"]["tokens_ok"]
+    two = median_rounds([round_of("x", 1, 1.0), round_of("x", 2, 2.0)])
+    assert [r["round"] for r in two] == [2]  # of two rounds, the slower one
+    frame = table(rows)
+    assert list(frame["target"]) == ["leaflm", "vllm-cpu"]
+    assert frame["rounds (out tok/s)"].tolist()[0] == "128.0, 32.0, 64.0"
+    assert frame["out tok/s (exact count)"].tolist()[0] == pytest.approx(64.0)
+    assert "rounds (out tok/s)" not in table(rows[:2]).columns  # one round: no column
+    text = write_report({"title": "t", "rows": rows}, tmp_path).read_text()
+    assert "median round" in text and "| 128.0, 32.0, 64.0 |" in text
+    assert len((tmp_path / "vllm_bench.csv").read_text().splitlines()) == 3
+
+
 def test_cli_registers_vllm_serve_and_reports_bad_input(capsys):
     args = build_parser().parse_args(["bench", "vllm-serve", "--targets", "leaflm,llama-cpp",
                                       "--concurrency", "1,16", "--api", "completions,chat"])  # fmt: skip
@@ -180,10 +209,12 @@ def test_vllm_bench_serve_against_a_leaflm_server(tmp_path):
                       headers=["Connection=close"])  # fmt: skip
     rows, problems = run_vllm_bench(["leaflm"], model_dir, tmp_path / "out", [4],
                                     ["completions"], run, log=logs.append,
-                                    kv_cache_memory="16MiB")  # fmt: skip
+                                    kv_cache_memory="16MiB", rounds=2)  # fmt: skip
     assert problems == [], problems
-    assert _children() <= before, "the leaflm server outlived its run"
-    (row,) = rows
+    assert _children() <= before, "the leaflm servers outlived their runs"
+    assert [r["round"] for r in rows] == [1, 2]  # a fresh server per round
+    assert sum("starting leaflm (round" in line for line in logs) == 2
+    row = rows[0]
     assert (row["target"], row["api"], row["concurrency"]) == ("leaflm", "completions", 4)
     assert row["completed"] == 8 and row["failed"] == 0
     assert row["total_output_tokens"] == 8 * 16 and row["tokens_ok"]  # ignore_eos honoured
@@ -193,7 +224,9 @@ def test_vllm_bench_serve_against_a_leaflm_server(tmp_path):
     saved = json.loads((tmp_path / "out" / row["result_file"]).read_text())
     assert saved["backend"] == "openai" and saved["max_concurrency"] == 4
     assert saved["output_lens"] == [16] * 8
-    assert (tmp_path / "out" / "server-leaflm.log").is_file()
+    assert row["result_file"].endswith("leaflm-completions-c4-r1.json")
+    assert (tmp_path / "out" / "server-leaflm-r1.log").is_file()
+    assert (tmp_path / "out" / "server-leaflm-r2.log").is_file()
 
 
 def _early_eos_app(bodies: list[dict]) -> FastAPI:

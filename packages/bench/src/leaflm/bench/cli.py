@@ -107,6 +107,9 @@ def _add_vllm_serve_args(p: argparse.ArgumentParser) -> None:
                    help="requests/s (default inf: all at once, bounded by --concurrency)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="vLLM's random dataset seed")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per client run")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the pass over all targets, interleaved; the report takes each "
+                        "target's median round")  # fmt: skip
     p.add_argument("--keep-alive", action="store_true",
                    help="let vLLM's client reuse connections (default: `Connection: close` on "
                         "every request; llama-server drops reused ones now and then)")  # fmt: skip

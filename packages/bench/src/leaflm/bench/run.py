@@ -174,7 +174,8 @@ def cmd_vllm_serve(args: argparse.Namespace) -> int:
                           args.num_warmups, args.request_rate, args.timeout,
                           [] if args.keep_alive else ["Connection=close"])  # fmt: skip
         rows, problems = run_vllm_bench(args.targets, model_dir, out, args.concurrency,
-                                        args.api, run, device, args.dtype)  # fmt: skip
+                                        args.api, run, device, args.dtype,
+                                        rounds=args.rounds)  # fmt: skip
         print(markdown_table(table(rows)))
         for line in [*token_notes(rows), *(f"problem: {p}" for p in problems)]:
             print(line)
@@ -194,6 +195,7 @@ def cmd_vllm_serve(args: argparse.Namespace) -> int:
                     "input_len": args.input_len,
                     "output_len": args.output_len,
                     "seed": args.seed,
+                    "rounds": args.rounds,
                     "headers": ",".join(run.headers) or "none",
                 },
                 "rows": rows,

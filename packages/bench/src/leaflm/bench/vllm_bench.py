@@ -208,10 +208,10 @@ class RunSettings:
 
 def _one_run(
     server: ManagedServer, kind: str, model: str, model_dir: str | Path, api: str, users: int,
-    run: RunSettings, result_dir: Path, cli: Path,
+    run: RunSettings, result_dir: Path, cli: Path, suffix: str = "",
 ) -> dict[str, Any]:  # fmt: skip
     """One `vllm bench serve` against a running server; its parsed row."""
-    name = f"{kind}-{api}-c{users}"
+    name = f"{kind}-{api}-c{users}{suffix}"
     cmd = bench_command(server.base_url, model, model_dir, result_dir, f"{name}.json", api,
                         users, run.num_prompts, run.input_len, run.output_len, run.seed,
                         run.num_warmups, run.request_rate, cli, run.headers)  # fmt: skip
@@ -239,12 +239,16 @@ def run_vllm_bench(
     dtype: str = "auto",
     log: Callable[[str], None] = print,
     kv_cache_memory: str | None = None,
+    rounds: int = 1,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Every target in turn: start its server, run each API x level, stop it.
 
-    `kv_cache_memory` sizes a leaflm server's KV cache (None: the engine's default).
-    Returns the rows (one per target, API and level) and problems (a target that could
-    not start, a client run that failed); neither stops the other targets.
+    With `rounds` > 1 that whole pass is repeated, so the targets' rounds interleave
+    (A B C, A B C): a slow stretch of a shared machine then lands on every target rather
+    than on one (the report takes each target's median round). `kv_cache_memory` sizes a
+    leaflm server's KV cache (None: the engine's default). Returns the rows (one per round,
+    target, API and level, each with its `round`) and problems (a target that could not
+    start, a client run that failed); neither stops the other targets.
     """
     from leaflm.bench.serve import MANAGED, managed_server, served_model_id
     from leaflm.bench.servers import free_port
@@ -258,32 +262,38 @@ def run_vllm_bench(
     if not levels or min(levels) < 1:
         raise ValueError(f"concurrency levels must be >= 1, got {levels}")
     run.check()
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     cli = vllm_cli()  # fail before any server starts
     out = Path(out_dir)
     result_dir = out / "vllm-bench"
     result_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
-    for kind in kinds:
+    for rnd, kind in itertools.product(range(1, rounds + 1), kinds):
+        label = f"{kind} (round {rnd})" if rounds > 1 else kind
+        suffix = f"-r{rnd}" if rounds > 1 else ""
         try:
-            server = managed_server(kind, str(model_dir), free_port(), out / f"server-{kind}.log",
-                                    device, dtype, max(levels), kv_cache_memory)  # fmt: skip
-            log(f"[vllm-bench] starting {kind}: {' '.join(server.command)}")
+            server = managed_server(kind, str(model_dir), free_port(),
+                                    out / f"server-{kind}{suffix}.log", device, dtype,
+                                    max(levels), kv_cache_memory)  # fmt: skip
+            log(f"[vllm-bench] starting {label}: {' '.join(server.command)}")
             target_rows = []
             with server:
                 assert server.process is not None
                 model = served_model_id(server.base_url) or str(model_dir)
                 with TreePeakRss(server.process.pid) as rss:
                     for api, users in itertools.product(apis, levels):
-                        where = f"{kind} {api} {users} users"
+                        where = f"{label} {api} {users} users"
                         log(f"[vllm-bench] {where}: {run.num_prompts} prompts ...")
                         try:
                             row = _one_run(server, kind, model, model_dir, api, users, run,
-                                           result_dir, cli)  # fmt: skip
+                                           result_dir, cli, suffix)  # fmt: skip
                         except Exception as exc:
                             problems.append(f"{where}: {exc}")
                             log(f"[vllm-bench] {where} failed: {exc}")
                             continue
+                        row["round"] = rnd
                         target_rows.append(row)
                         log(f"[vllm-bench] {where}: {row['output_throughput']:.1f} out tok/s, "
                             f"p50 TTFT {row['ttft_p50_ms']:.0f} ms, {row['failed']} failed")  # fmt: skip
@@ -291,6 +301,6 @@ def run_vllm_bench(
                 row["server_peak_rss_mb"] = rss.peak_mb
             rows += target_rows
         except Exception as exc:
-            problems.append(f"{kind}: {exc}")
-            log(f"[vllm-bench] {kind} skipped: {exc}")
+            problems.append(f"{label}: {exc}")
+            log(f"[vllm-bench] {label} skipped: {exc}")
     return rows, problems

@@ -45,3 +45,20 @@ def test_version_and_model_card(server, auth):
     assert httpx.get(server.url + "/version").json()["version"] == __version__
     card = httpx.get(f"{server.url}/v1/models/{MODEL_NAME}", headers=auth).json()
     assert card["id"] == MODEL_NAME and card["max_model_len"] == 256
+
+
+def test_message_names_reach_the_chat_template(server, auth, engine):
+    tok = engine.get_tokenizer()
+    saved = tok.chat_template
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}{% if m['name'] is defined %}({{ m['name'] }})"
+        "{% endif %}: {{ m['content'] }}\n{% endfor %}"
+    )
+    try:
+        chat = {"messages": [{"role": "user", "name": "ann", "content": "hi"},
+                             {"role": "user", "content": "yo"}],
+                "add_generation_prompt": False}  # fmt: skip
+        ids = httpx.post(server.url + "/tokenize", json=chat, headers=auth).json()["tokens"]
+    finally:
+        tok.chat_template = saved
+    assert ids == tok.encode("user(ann): hi\nuser: yo\n", add_special_tokens=False)

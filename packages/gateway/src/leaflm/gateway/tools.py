@@ -228,7 +228,10 @@ def template_messages(
             content = "\n".join(([content] if content else []) + calls)
         elif role == "tool":
             role, content = "user", f"<tool_response>\n{content}\n</tool_response>"
-        out.append({"role": role, "content": content})
+        entry = {"role": role, "content": content}
+        if "name" in m:
+            entry["name"] = m["name"]
+        out.append(entry)
     if tools:
         block = _HERMES_SYSTEM.format(tools="\n".join(json.dumps(t) for t in tools))
         if out and out[0]["role"] == "system":

@@ -68,6 +68,8 @@ def _plain(messages: list[ChatMessage]) -> list[dict[str, Any]]:
                 texts.append(part.text)
             content = "".join(texts)
         entry: dict[str, Any] = {"role": m.role, "content": content or ""}
+        if m.name is not None:  # for templates that tell participants apart (as HF's does)
+            entry["name"] = m.name
         extra = m.model_extra or {}
         if m.role == "assistant" and extra.get("tool_calls"):
             entry["tool_calls"] = check_tool_calls(extra["tool_calls"], i)

@@ -114,3 +114,21 @@ def test_another_threads_kernel_calls_stay_off_the_tape():
         done.wait(10)
     t.join()
     assert len(recorded.calls) == 1
+
+
+@torch.inference_mode()
+def test_profile_times_each_kernel_of_the_replays_inside_it():
+    x, w = torch.randn(2, 16), torch.ones(16)
+    with graph.capture() as recorded:
+        recorded.output = layers.rms_norm(layers.rms_norm(x, w, 1e-6), w, 1e-6)
+    recorded.replay()  # outside a profile: not counted
+    with graph.profile() as prof:
+        for _ in range(3):
+            recorded.replay()
+        with pytest.raises(RuntimeError, match="already open"), graph.profile():
+            pass
+    recorded.replay()
+    assert prof.replays == 3 and prof.calls == {"leaflm_rms_norm": 6}
+    ms = prof.per_replay_ms()
+    assert list(ms) == ["leaflm_rms_norm"] and ms["leaflm_rms_norm"] > 0
+    assert ms["leaflm_rms_norm"] == pytest.approx(prof.seconds["leaflm_rms_norm"] / 3 * 1e3)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -111,6 +113,40 @@ class _Guard(TorchDispatchMode):
         return out
 
 
+class ReplayProfile:
+    """Wall time of each kernel over the replays made inside :func:`profile`.
+
+    Where a graph step's milliseconds go (GEMMs, attention, KV writes, ...) without a
+    profiler that only sees Python frames: calls are grouped by the kernel's name.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        self.replays = 0
+
+    def per_replay_ms(self) -> dict[str, float]:
+        """Milliseconds a replay spends in each kernel, the largest first."""
+        n = max(self.replays, 1)
+        return {name: t / n * 1e3 for name, t in self.seconds.most_common()}
+
+
+_profiles: list[ReplayProfile] = []  # the open profile (at most one), read by every thread
+
+
+@contextmanager
+def profile() -> Iterator[ReplayProfile]:
+    """Time every kernel call of every replay (in any thread) until the block ends."""
+    if _profiles:
+        raise RuntimeError("a CPU graph profile is already open")
+    prof = ReplayProfile()
+    _profiles.append(prof)
+    try:
+        yield prof
+    finally:
+        _profiles.clear()
+
+
 class CpuGraph:
     """A recorded pass: its kernel calls, the tensors they point into, and its output."""
 
@@ -120,8 +156,21 @@ class CpuGraph:
         self.output: Any = None
 
     def replay(self) -> Any:
+        if _profiles:
+            return self._timed_replay(_profiles[0])
         for fn, args in self.calls:
             fn(*args)
+        return self.output
+
+    def _timed_replay(self, prof: ReplayProfile) -> Any:
+        clock = time.perf_counter
+        for fn, args in self.calls:
+            start = clock()
+            fn(*args)
+            name = getattr(fn, "__name__", type(fn).__name__)
+            prof.seconds[name] += clock() - start
+            prof.calls[name] += 1
+        prof.replays += 1
         return self.output
 
 

@@ -96,3 +96,15 @@ def test_write_report_produces_tables_csvs_and_readable_pngs(tmp_path):
     expected = at16.loc["leaflm", "out tok/s"] / at16.loc["hf-serve", "out tok/s"]
     assert at16.loc["hf-serve", "leaflm out-tok ratio"] == pytest.approx(expected)
     assert json.loads((out / "results.json").read_text())["title"] == "synthetic"
+
+
+def test_every_cpu_race_backend_has_a_colour_of_its_own():
+    from matplotlib.colors import to_hex
+
+    from leaflm.bench.plots import _color
+
+    names = ["leaflm", "leaflm-int8", "leaflm-gguf", "vllm-cpu", "llama-cpp", "llama-cpp-q4"]
+    colours = [to_hex(_color(n, i)) for i, n in enumerate(names)]
+    assert len(set(colours)) == len(names)
+    leaflm_green = to_hex("C2")  # matplotlib's green reads as leaflm's: unknown names skip it
+    assert all(to_hex(_color(f"other-{i}", i)) != leaflm_green for i in range(20))

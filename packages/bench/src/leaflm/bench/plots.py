@@ -19,9 +19,14 @@ from matplotlib import ticker
 
 from leaflm.bench.metrics import OfflineResult
 
-_COLORS = {"leaflm": "#2e7d32", "hf-single": "#9e9e9e", "hf-static": "#1565c0",
-           "hf-cb": "#6a1b9a", "hf-serve": "#1565c0", "hf-serve-cb": "#6a1b9a",
-           "naive": "#9e9e9e"}  # fmt: skip
+# leaflm's backends in greens that stay apart (int8 light, gguf teal); the peers in warm
+# colours. Names not listed take matplotlib's cycle without its green (C2), which read as
+# leaflm's.
+_COLORS = {"leaflm": "#2e7d32", "leaflm-int8": "#81c784", "leaflm-gguf": "#00897b",
+           "hf-single": "#9e9e9e", "hf-static": "#1565c0", "hf-cb": "#6a1b9a",
+           "hf-serve": "#1565c0", "hf-serve-cb": "#6a1b9a", "naive": "#9e9e9e",
+           "vllm-cpu": "#ef6c00", "llama-cpp": "#c62828", "llama-cpp-q4": "#8d6e63"}  # fmt: skip
+_CYCLE = [f"C{i}" for i in range(10) if i != 2]
 
 
 def _plain_numbers(axis: Any) -> None:
@@ -41,7 +46,7 @@ def _plain_numbers(axis: Any) -> None:
 
 
 def _color(name: str, index: int) -> str:
-    return _COLORS.get(name, f"C{index % 10}")
+    return _COLORS.get(name, _CYCLE[index % len(_CYCLE)])
 
 
 def offline_bars(results: Sequence[OfflineResult], path: Path) -> Path:

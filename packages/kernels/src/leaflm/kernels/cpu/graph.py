@@ -22,7 +22,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -121,14 +121,15 @@ class ReplayProfile:
     """
 
     def __init__(self) -> None:
-        self.seconds: Counter[str] = Counter()
+        self.seconds: defaultdict[str, float] = defaultdict(float)
         self.calls: Counter[str] = Counter()
         self.replays = 0
 
     def per_replay_ms(self) -> dict[str, float]:
         """Milliseconds a replay spends in each kernel, the largest first."""
         n = max(self.replays, 1)
-        return {name: t / n * 1e3 for name, t in self.seconds.most_common()}
+        ranked = sorted(self.seconds.items(), key=lambda kv: kv[1], reverse=True)
+        return {name: t / n * 1e3 for name, t in ranked}
 
 
 _profiles: list[ReplayProfile] = []  # the open profile (at most one), read by every thread

@@ -50,6 +50,11 @@ def _round_tput(row: dict[str, Any]) -> float:
     return row["output_throughput"] if math.isnan(exact) else exact
 
 
+def several_rounds(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether the run repeated its targets (`--rounds` > 1)."""
+    return any(r.get("round", 1) > 1 for r in rows)
+
+
 def median_rounds(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per target, API and level: its median round (of an even number of rounds
     the slower middle one), whole, so its latencies and throughput come from one run.
@@ -76,7 +81,7 @@ def table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     ratio at each (on exact token counts: NaN where a run is not comparable)."""
     if not rows:
         return pd.DataFrame(columns=[*COLUMNS.values(), "ignore_eos ok", "leaflm out-tok ratio"])
-    several = any(r.get("round", 1) > 1 for r in rows)
+    several = several_rounds(rows)
     rows = median_rounds(rows)
     frame = pd.DataFrame(rows)
     frame["exact_output_throughput"] = [exact_throughput(r) for r in rows]
@@ -141,7 +146,7 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
         "one starts. Latencies in ms.",
         "",
     ]
-    if any(r.get("round", 1) > 1 for r in rows):
+    if several_rounds(rows):
         lines += [
             "Rounds interleave (every target once, then again); each row is that target's "
             "median round (of an even number the slower middle one), whole; `rounds` lists "

@@ -1,12 +1,13 @@
 """Back large CPU buffers (the packed weights) with transparent huge pages.
 
-A decode step streams every weight and the whole live KV cache: hundreds of MB read through
-4 KiB pages miss the TLB at every page. Asking the kernel for 2 MiB pages on those buffers
-measured ~16% faster paged attention and ~5% faster decode GEMMs on the 2-core dev machine
-(THP in `madvise` mode, as most distributions ship it). Linux only; anything else, or a
-kernel that refuses, leaves the buffer as it was. The KV cache is no longer advised: its
-pages fault in mid-step, where an advised fault's synchronous compaction cost more than
-the faster reads won (see `leaflm.engine.kv_cache`); weights are touched once, at load.
+A decode step streams every weight: hundreds of MB read through 4 KiB pages miss the TLB at
+every page. Asking the kernel for 2 MiB pages on them measured ~5% faster decode GEMMs on
+the 2-core dev machine (THP in `madvise` mode, as most distributions ship it). Linux only;
+anything else, or a kernel that refuses, leaves the buffer as it was. The KV cache was
+advised too (~16% faster paged attention in a microbenchmark, on a cache already faulted
+in) and no longer is: its pages fault in mid-step, where an advised fault's synchronous
+compaction cost more than the reads won (see `leaflm.engine.kv_cache`); weights are
+touched once, at load.
 
 Only the 2 MiB-aligned interior of a buffer can be advised, so a weight packed on its own
 keeps its unaligned ends (up to 2 MiB each) on small pages: of SmolLM2-135M's 121 packed

@@ -46,7 +46,12 @@ def _clamp(target: dict) -> None:
     if isinstance(target.get("messages"), list):
         target["messages"] = target["messages"][:2]
         for message in target["messages"]:
-            content = message.get("content") if isinstance(message, dict) else None
+            if not isinstance(message, dict):
+                continue
+            for field in ("role", "name"):  # the chat template renders these too
+                if isinstance(message.get(field), str):
+                    message[field] = message[field][:16]
+            content = message.get("content")
             if isinstance(content, str):
                 message["content"] = content[:16]
             elif isinstance(content, list):

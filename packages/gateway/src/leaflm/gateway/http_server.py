@@ -96,10 +96,10 @@ def build_server(
         port=port,
         log_level=log_level,
         lifespan="on",
-        # uvloop (a gateway dependency) when installed. With 16 streaming users on the 2-core
-        # dev VM the engine's decode step took 28.5 ms under uvloop against 35 on asyncio's
-        # own loop: the server's per-token work runs on the cores the kernels use.
-        loop="auto",
+        # asyncio's own loop, even where uvloop is installed: under uvloop a SIGTERM reset
+        # one of 16 in-flight connections in 4 of 12 runs of test_sigterm (0 of 12 on
+        # asyncio), though it made the 16-user decode step 28.5 ms against 35.
+        loop="asyncio",
         http=protocol,
         timeout_keep_alive=math.ceil(settings.timeout_keep_alive_s),
         limit_concurrency=settings.limit_concurrency,

@@ -48,12 +48,55 @@ int leaflm_int8_gemm_panel_width(void) {
 #endif
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+
+/* quantize_row's blocks when `block` is a multiple of 16, sixteen values a vector: the scalar
+ * loop cost ~0.85 ns a value, which at prefill sizes was a third of a 576-wide GEMM's time.
+ * Same results: the same products, rounded to nearest even (the default MXCSR mode, as
+ * nearbyintf), and |x * 127 / max|x|| rounds to at most 127, so the saturating narrowing
+ * never clips. Values past K are masked off and come out as zeros. */
+static void quantize_row_avx512(
+    const float *x, int64_t K, int64_t block, int64_t blocks, int8_t *q, float *scale,
+    int32_t *neg_sum
+) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t k0 = b * block;
+        __m512 amax16 = _mm512_setzero_ps();
+        for (int64_t k = k0; k < k0 + block; k += 16) {
+            const __mmask16 in = k + 16 <= K ? 0xFFFF : k < K ? (1u << (K - k)) - 1 : 0;
+            const __m512 v = _mm512_maskz_loadu_ps(in, x + k);
+            amax16 = _mm512_max_ps(amax16, _mm512_andnot_ps(sign, v));
+        }
+        const float amax = _mm512_reduce_max_ps(amax16);
+        const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+        __m512i sum16 = _mm512_setzero_si512();
+        for (int64_t k = k0; k < k0 + block; k += 16) {
+            const __mmask16 in = k + 16 <= K ? 0xFFFF : k < K ? (1u << (K - k)) - 1 : 0;
+            const __m512 xv = _mm512_maskz_loadu_ps(in, x + k);
+            const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(xv, inv));
+            _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtsepi32_epi8(v));
+            sum16 = _mm512_add_epi32(sum16, v);
+        }
+        scale[b] = amax / 127.0f;
+        neg_sum[b] = -128 * _mm512_reduce_add_epi32(sum16);
+    }
+}
+#endif
+
 /* Row x [K] as int8 blocks of `block` (zeros past K, Kp = blocks * block values): per block
  * q = round(x * 127 / max|x|), its scale max|x| / 127 and -128 * sum(q). */
 static void quantize_row(
     const float *x, int64_t K, int64_t block, int64_t blocks, int8_t *q, float *scale,
     int32_t *neg_sum
 ) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    if (block % 16 == 0) {
+        quantize_row_avx512(x, K, block, blocks, q, scale, neg_sum);
+        return;
+    }
+#endif
     for (int64_t b = 0; b < blocks; ++b) {
         const int64_t k0 = b * block, n = K - k0 < block ? K - k0 : block;
         float amax = 0.0f;

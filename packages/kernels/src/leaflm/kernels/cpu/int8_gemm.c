@@ -35,6 +35,10 @@
 
 #include "vec_math.h"
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 #define NR 64
 #define MR 3
 #define MC 192
@@ -49,7 +53,10 @@ int leaflm_int8_gemm_panel_width(void) {
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-#include <immintrin.h>
+/* The lanes of the sixteen values at k that lie before K. */
+static inline __mmask16 lanes_before(int64_t k, int64_t K) {
+    return k + 16 <= K ? 0xFFFF : k < K ? (__mmask16)((1u << (K - k)) - 1) : 0;
+}
 
 /* quantize_row's blocks when `block` is a multiple of 16, sixteen values a vector: the scalar
  * loop cost ~0.85 ns a value, which at prefill sizes was a third of a 576-wide GEMM's time.
@@ -65,16 +72,14 @@ static void quantize_row_avx512(
         const int64_t k0 = b * block;
         __m512 amax16 = _mm512_setzero_ps();
         for (int64_t k = k0; k < k0 + block; k += 16) {
-            const __mmask16 in = k + 16 <= K ? 0xFFFF : k < K ? (1u << (K - k)) - 1 : 0;
-            const __m512 v = _mm512_maskz_loadu_ps(in, x + k);
+            const __m512 v = _mm512_maskz_loadu_ps(lanes_before(k, K), x + k);
             amax16 = _mm512_max_ps(amax16, _mm512_andnot_ps(sign, v));
         }
         const float amax = _mm512_reduce_max_ps(amax16);
         const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
         __m512i sum16 = _mm512_setzero_si512();
         for (int64_t k = k0; k < k0 + block; k += 16) {
-            const __mmask16 in = k + 16 <= K ? 0xFFFF : k < K ? (1u << (K - k)) - 1 : 0;
-            const __m512 xv = _mm512_maskz_loadu_ps(in, x + k);
+            const __m512 xv = _mm512_maskz_loadu_ps(lanes_before(k, K), x + k);
             const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(xv, inv));
             _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtsepi32_epi8(v));
             sum16 = _mm512_add_epi32(sum16, v);
@@ -118,8 +123,6 @@ static void quantize_row(
 }
 
 #ifdef __AVX512VNNI__
-#include <immintrin.h>
-
 #define ZERO4(P, R) P##R##0 = P##R##1 = P##R##2 = P##R##3
 /* acc += u8 w . s8 a, in place ("+v"): the intrinsic let GCC 12 copy the accumulator
  * through a spare register around every vpdpbusd. */

@@ -2,8 +2,9 @@
 float32 over the shipped evaluation text (3275 tokens, every position's full next-token
 distribution; `leaflm.engine.quant_eval`).
 
-Targets: mean KL <= 0.02 nats and top-1 agreement >= 95%. `"int8"` (LM head left float32)
-measured 0.0049 nats / 95.6% and is held to both. `"int8_lm_head"` measured 0.0070 nats /
+Targets: mean KL <= 0.02 nats and top-1 agreement >= 95%. `"int8"` (the LM head int8 too,
+its near-top logits recomputed in float32) measured 0.0060 nats / 95.6% and is held to both
+(with the head left float32 it was 0.0049 / 95.6%). `"int8_lm_head"` measured 0.0070 nats /
 94.2%: it misses the top-1 target, so its floor here is 93.5%. (Weight-only int8, with the
 activations left float32, measured 95.7%: the flips are at positions where the float
 model's top two tokens nearly tie.)

@@ -25,6 +25,7 @@ from pathlib import Path
 DISABLE_VAR = "LEAFLM_CPU_KERNELS"  # "0" turns the C kernels off
 SOURCES = (
     "paged_attention.c", "layers.c", "sampling.c", "gemm.c", "int8_gemm.c", "gguf_gemm.c",
+    "rescore.c",
 )  # fmt: skip
 HEADERS = ("vec_math.h",)
 FLAGS = (
@@ -160,6 +161,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.leaflm_int8_gemm.argtypes = [
         p, i64, p, p, p, p, p, p, p, i64,  # x, ldx, xq, xs, xn, packed, scales, bias, out, ldo
         i64, i64, i64, i64, ctypes.c_int, ctypes.c_int,  # M, N, K, block, gated, num_threads
+    ]  # fmt: skip
+    lib.leaflm_rescore_near_max.restype = None
+    lib.leaflm_rescore_near_max.argtypes = [
+        p, i64, p, p, p, i64,  # x, x_stride, weight, bias, logits, ld
+        i64, i64, i64, f32, ctypes.c_int,  # rows, vocab, dim, margin, num_threads
     ]  # fmt: skip
     lib.leaflm_gguf_vnni.restype = ctypes.c_int
     lib.leaflm_gguf_vnni.argtypes = []

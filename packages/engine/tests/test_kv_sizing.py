@@ -1,9 +1,11 @@
-"""CPU KV-cache sizing: what the configuration can use, capped; resident only once used."""
+"""CPU KV-cache sizing: what the configuration can use, capped; resident once used, but for
+the first blocks (`kv_cache_prefault`), resident from the start."""
 
 from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
 from leaflm.engine import LLM, SamplingParams
@@ -54,3 +56,25 @@ def test_cpu_cache_pages_are_resident_only_once_written():
     assert not kv.data[:, :, ::97].any()  # reads as zeros everywhere
     kv.layers[1][0][7].fill_(1.0)
     assert kv.data.sum().item() == 16 * 4 * 64
+
+
+def test_cpu_cache_prefaults_its_first_blocks_only():
+    before = _rss_anon()
+    kv = KVCache(2, 4096, 16, 4, 64, torch.float32, torch.device("cpu"), 0, 1024)  # 256 MiB
+    grown = _rss_anon() - before
+    # the first quarter of every layer's K and V (64 MiB in all) is resident, the rest not
+    assert 60 * 2**20 < grown < 96 * 2**20, f"{grown / 2**20:.0f} MiB resident"
+    assert not kv.data[:, :, ::97].any()
+
+
+def test_prefault_is_capped_by_the_cache_and_zero_turns_it_off(llama_dir):
+    probe = LLM(str(llama_dir), kv_cache_memory="1MiB")
+    layers, heads, dim = probe.llm_engine.runner.kv_shape()
+    per_block = bytes_per_block(layers, 16, heads, dim, torch.float32)
+    assert probe.llm_engine.cache_config.num_prefault_blocks == (2**20 // per_block)  # all
+    some = LLM(str(llama_dir), kv_cache_memory=20 * per_block, kv_cache_prefault=5 * per_block)
+    assert some.llm_engine.cache_config.num_prefault_blocks == 5
+    none = LLM(str(llama_dir), kv_cache_memory=20 * per_block, kv_cache_prefault="0")
+    assert none.llm_engine.cache_config.num_prefault_blocks == 0
+    with pytest.raises(ValueError, match="kv_cache_prefault"):
+        LLM(str(llama_dir), kv_cache_prefault="lots")

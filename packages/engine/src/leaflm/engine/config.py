@@ -52,6 +52,9 @@ class EngineArgs:
     device: str = "auto"
     block_size: int = 16
     kv_cache_memory: int | str | None = None
+    # CPU: the cache's first blocks (the first the allocator hands out) made resident at
+    # start, so the first requests do not page-fault in their steps; 0: all lazily
+    kv_cache_prefault: int | str = "1GiB"
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None
@@ -89,6 +92,9 @@ class EngineArgs:
             raise ValueError(f"block_size must be a power of two up to 128, got {self.block_size}")
         if self.kv_cache_memory is not None:
             self.kv_cache_memory = parse_bytes(self.kv_cache_memory, "kv_cache_memory")
+        if self.kv_cache_prefault not in (0, "0"):
+            self.kv_cache_prefault = parse_bytes(self.kv_cache_prefault, "kv_cache_prefault")
+        self.kv_cache_prefault = int(self.kv_cache_prefault)
         if not 0.0 < float(self.gpu_memory_utilization) <= 1.0:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
@@ -154,3 +160,4 @@ class CacheConfig:
     num_blocks: int
     num_cpu_blocks: int
     enable_prefix_caching: bool
+    num_prefault_blocks: int = 0

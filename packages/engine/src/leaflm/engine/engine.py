@@ -57,7 +57,9 @@ class LLMEngine:
         self.vocab_size = self.executor.vocab_size
         cache = size_kv_cache(args, self.model_config, self.executor)  # type: ignore[arg-type]
         self.cache_config = cache
-        self.executor.init_kv_cache(cache.num_blocks, cache.block_size, cache.num_cpu_blocks)
+        self.executor.init_kv_cache(
+            cache.num_blocks, cache.block_size, cache.num_cpu_blocks, cache.num_prefault_blocks
+        )
         self.block_manager = BlockManager(
             cache.num_blocks, cache.block_size, cache.enable_prefix_caching, cache.num_cpu_blocks
         )

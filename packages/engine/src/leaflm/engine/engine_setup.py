@@ -121,10 +121,18 @@ def size_kv_cache(args: EngineArgs, config: ModelConfig, runner: ModelRunner) ->
             )
         config.max_model_len = capacity
     num_cpu_blocks = int(args.swap_space_gb * 2**30) // per_block
-    resident = " (resident as blocks are first used)" if config.device.type == "cpu" else ""
+    prefault = min(num_blocks, args.kv_cache_prefault // per_block)
+    resident = ""
+    if config.device.type == "cpu":
+        prefault_gib = prefault * per_block / 2**30
+        resident = f" (the first {prefault_gib:.2f} GiB resident at start, the rest on first use)"
+    else:
+        prefault = 0  # a device cache is allocated resident
     logger.info(
         "KV cache: %d blocks x %d tokens = %d tokens, %.2f GiB on %s%s; sized by %s",
         num_blocks, args.block_size, capacity, num_blocks * per_block / 2**30,
         config.device.type, resident, how,
     )  # fmt: skip
-    return CacheConfig(args.block_size, num_blocks, num_cpu_blocks, args.enable_prefix_caching)
+    return CacheConfig(
+        args.block_size, num_blocks, num_cpu_blocks, args.enable_prefix_caching, prefault
+    )

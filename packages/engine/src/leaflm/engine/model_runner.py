@@ -78,12 +78,14 @@ class ModelRunner:
         """(num_layers, num_kv_heads, head_dim) of the model's cache."""
         return self.model.num_layers, self.model.num_kv_heads, self.model.head_dim
 
-    def init_kv_cache(self, num_blocks: int, block_size: int, num_cpu_blocks: int) -> None:
+    def init_kv_cache(
+        self, num_blocks: int, block_size: int, num_cpu_blocks: int, num_prefault_blocks: int = 0
+    ) -> None:
         layers, kv_heads, head_dim = self.kv_shape()
         self.block_size = block_size
         self.kv = KVCache(
             layers, num_blocks, block_size, kv_heads, head_dim,
-            self.config.dtype, self.device, num_cpu_blocks,
+            self.config.dtype, self.device, num_cpu_blocks, num_prefault_blocks,
         )  # fmt: skip
         self.graphs = None
         if self.device.type == "cpu":  # small decode steps replay recorded kernel calls

@@ -69,6 +69,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--gpu-memory-utilization",
     )  # fmt: skip
     e.add_argument(
+        "--kv-cache-prefault", default="1GiB",
+        help="CPU: how much of the KV cache (its first blocks, the first handed out) is made "
+        "resident at start, so early requests do not page-fault mid-step; 0: none "
+        "(default: %(default)s, at most the cache)",
+    )  # fmt: skip
+    e.add_argument(
         "--gpu-memory-utilization", type=float, default=0.9,
         help="share of GPU memory for weights, activations and the KV cache (default: "
         "%(default)s)",
@@ -243,6 +249,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "block_size": args.block_size,
         "kv_cache_memory": kv,
+        "kv_cache_prefault": int(p) if (p := args.kv_cache_prefault).isdigit() else p,
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "max_num_seqs": args.max_num_seqs,
         "max_num_batched_tokens": args.max_num_batched_tokens,

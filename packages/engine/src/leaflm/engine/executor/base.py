@@ -50,9 +50,12 @@ class Executor(ABC):
     def profile_peak_memory(self, num_tokens: int, block_size: int) -> int:
         return max(self.collective_rpc("profile_peak_memory", (num_tokens, block_size)))
 
-    def init_kv_cache(self, num_blocks: int, block_size: int, num_cpu_blocks: int) -> None:
+    def init_kv_cache(
+        self, num_blocks: int, block_size: int, num_cpu_blocks: int, num_prefault_blocks: int = 0
+    ) -> None:
         self.block_size = block_size
-        self.collective_rpc("init_kv_cache", (num_blocks, block_size, num_cpu_blocks))
+        args = (num_blocks, block_size, num_cpu_blocks, num_prefault_blocks)
+        self.collective_rpc("init_kv_cache", args)
 
     @property
     def vocab_size(self) -> int:

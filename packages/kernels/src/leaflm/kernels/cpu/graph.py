@@ -94,6 +94,15 @@ def python_step(fn: Callable[[], object]) -> None:
         _state.tape = tape
 
 
+def _aliases(out: Any, args: tuple[Any, ...]) -> bool:
+    """Whether a view op's result shares its input's memory: ``reshape`` is marked a view but
+    copies when the strides do not allow one (a replay would then read the stale copy)."""
+    base = args[0] if args else None
+    if not isinstance(out, torch.Tensor) or not isinstance(base, torch.Tensor):
+        return True  # a list of views (split, unbind) or no tensor input: nothing to copy
+    return out.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
+
+
 class _Guard(TorchDispatchMode):
     """Allows views and allocations (kept alive); anything else makes the capture unsafe."""
 
@@ -108,7 +117,7 @@ class _Guard(TorchDispatchMode):
             return out
         if func in _ALLOCATING:
             self.keep.append(out)
-        elif not func.is_view and self.refused is None:
+        elif self.refused is None and not (func.is_view and _aliases(out, args)):
             self.refused = str(func)
         return out
 

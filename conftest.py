@@ -34,6 +34,7 @@ class _TreeSampler:
         self.interval = interval
         self.peak = 0
         self.peak_processes = 0
+        self.peak_test = ""  # the test running when the peak was sampled
         self._root = psutil.Process()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
@@ -47,7 +48,7 @@ class _TreeSampler:
             except psutil.Error:  # exited between listing and reading
                 pass
         if total > self.peak:
-            self.peak, self.peak_processes = total, count
+            self.peak, self.peak_processes, self.peak_test = total, count, _current_test
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -71,6 +72,12 @@ def _maxrss_bytes(who: int) -> int:
 
 _sampler: _TreeSampler | None = None
 _report: list[str] = []
+_current_test = ""
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    global _current_test
+    _current_test = nodeid
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -90,7 +97,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     peak = max(tree, self_peak, child_peak)
     sampled = (
         f"process tree {tree / _GIB:.2f} GiB summed over {processes} processes (sampled "
-        f"every {_sampler.interval:g} s)"
+        f"every {_sampler.interval:g} s{', during ' + _sampler.peak_test if _sampler.peak_test else ''})"
         if _sampler is not None
         else "process tree not sampled (no psutil)"
     )

@@ -23,13 +23,6 @@
 
 #include "vec_math.h"
 
-static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-    return acc;
-}
-
 /* Scores of `count` consecutive keys (rows `stride` floats apart) against a D-float query,
  * into s[0..count). With AVX-512 and D % 16 == 0, sixteen keys at a time: sixteen vector
  * accumulators reduced together by a transpose-and-add tree (45 shuffles and adds for 16

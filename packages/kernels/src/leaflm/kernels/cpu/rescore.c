@@ -9,33 +9,15 @@
  * over the logits. If every logit is off by at most e, the float maximum lies within 2e of
  * the int8 one, so a margin >= 2e never misses it.
  */
-#include <math.h>
 #include <stdint.h>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
+#include "vec_math.h"
+
 #define PARALLEL_MIN 262144
-
-static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-    return acc;
-}
-
-/* The row's maximum, or NaN if it holds one (as torch.max). */
-static inline float row_max(const float *v, int64_t n) {
-    float m = -INFINITY;
-    int nan = 0;
-#pragma omp simd reduction(max : m) reduction(| : nan)
-    for (int64_t i = 0; i < n; ++i) {
-        m = v[i] > m ? v[i] : m;
-        nan |= v[i] != v[i];
-    }
-    return nan ? NAN : m;
-}
 
 /* logits[r][j] = x[r] . w[j] (+ bias[j]) for every j with logits[r][j] >= max_j - margin.
  * x: [rows, dim] (x_stride apart); w: [vocab, dim] contiguous; logits: [rows, vocab]

@@ -14,6 +14,8 @@
 #include <immintrin.h>
 #endif
 
+#include "vec_math.h"
+
 #define PARALLEL_MIN 262144
 
 /* The first index in v[0..n) whose value equals `target` (NaN: the first NaN). */
@@ -41,14 +43,7 @@ void leaflm_argmax_rows(
 #pragma omp parallel for num_threads(num_threads) if (rows * cols >= PARALLEL_MIN)
     for (int64_t r = 0; r < rows; ++r) {
         const float *v = x + r * x_stride;
-        float m = -INFINITY;
-        int nan = 0;
-#pragma omp simd reduction(max : m) reduction(| : nan)
-        for (int64_t c = 0; c < cols; ++c) {
-            m = v[c] > m ? v[c] : m;
-            nan |= v[c] != v[c];
-        }
-        out[r] = first_index_of(v, cols, nan ? NAN : m);
+        out[r] = first_index_of(v, cols, row_max(v, cols));
     }
 }
 

@@ -2,7 +2,27 @@
 #ifndef LEAFLM_VEC_MATH_H
 #define LEAFLM_VEC_MATH_H
 
+#include <math.h>
 #include <stdint.h>
+
+static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+    return acc;
+}
+
+/* The maximum of v[0..n), or NaN if it holds one (torch.max's answer). */
+static inline float row_max(const float *v, int64_t n) {
+    float m = -INFINITY;
+    int nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : nan)
+    for (int64_t i = 0; i < n; ++i) {
+        m = v[i] > m ? v[i] : m;
+        nan |= v[i] != v[i];
+    }
+    return nan ? NAN : m;
+}
 
 /* exp(x) to ~2 ulp for x in [-87, 88] (clamped outside), written so that an `omp simd` loop
  * vectorizes it: libm's expf stays scalar without -ffast-math. */

@@ -121,13 +121,11 @@ def size_kv_cache(args: EngineArgs, config: ModelConfig, runner: ModelRunner) ->
             )
         config.max_model_len = capacity
     num_cpu_blocks = int(args.swap_space_gb * 2**30) // per_block
-    prefault = min(num_blocks, args.kv_cache_prefault // per_block)
-    resident = ""
+    prefault, resident = 0, ""  # a device cache is allocated resident
     if config.device.type == "cpu":
+        prefault = min(num_blocks, args.kv_cache_prefault // per_block)
         prefault_gib = prefault * per_block / 2**30
         resident = f" (the first {prefault_gib:.2f} GiB resident at start, the rest on first use)"
-    else:
-        prefault = 0  # a device cache is allocated resident
     logger.info(
         "KV cache: %d blocks x %d tokens = %d tokens, %.2f GiB on %s%s; sized by %s",
         num_blocks, args.block_size, capacity, num_blocks * per_block / 2**30,

@@ -39,6 +39,8 @@ RESCORE_MARGIN = 1.0
 
 class Int8Method(WeightMethod):
     name = "int8"
+    #: whether a layer keeps its float weight beside the int8 copy (the rescored head reads it)
+    keeps_float_weight = False
 
     def __init__(self, lm_head: bool = False) -> None:
         self.lm_head = lm_head
@@ -51,12 +53,6 @@ class Int8Method(WeightMethod):
     def process_weights_after_loading(self, layer: PackableLinear) -> bool:
         if layer.packed is not None:
             return False
-        layer.packed = self._quantize(layer)
-        layer.drop_plain_weight()
-        return True
-
-    @staticmethod
-    def _quantize(layer: PackableLinear) -> int8_gemm.Int8Weight:
         w = layer.plain_weight()
         if w.device.type != "cpu" or w.dtype != torch.float32:
             raise ValueError(
@@ -67,7 +63,10 @@ class Int8Method(WeightMethod):
         # rank's int8 values are those of the unsharded weight and TP=2 computes what TP=1 does
         # (activation blocks line up too where each rank's columns are a multiple of 32).
         amax = all_reduce_max(w.abs().amax(dim=1)) if layer.reduce_output else None
-        return int8_gemm.pack_weight(w, gated=gated, row_amax=amax)
+        layer.packed = int8_gemm.pack_weight(w, gated=gated, row_amax=amax)
+        if not self.keeps_float_weight:
+            layer.drop_plain_weight()
+        return True
 
     def apply(
         self, layer: PackableLinear, x: torch.Tensor, bias: torch.Tensor | None
@@ -91,17 +90,11 @@ class RescoredInt8Head(Int8Method):
     """`"int8"`'s LM head: int8 logits, made exact near each row's top from the float weight.
 
     The head keeps its float weight (a tied one is the embedding's table, which the lookup
-    needs anyway) beside the int8 copy; see `leaflm.kernels.cpu.rescore`.
+    needs anyway, so the head never hands its rows to it) beside the int8 copy; see
+    `leaflm.kernels.cpu.rescore`.
     """
 
-    def method_for_layer(self, layer: PackableLinear) -> WeightMethod:
-        return self
-
-    def process_weights_after_loading(self, layer: PackableLinear) -> bool:
-        if layer.packed is not None:
-            return False
-        layer.packed = self._quantize(layer)
-        return True
+    keeps_float_weight = True
 
     def apply(
         self, layer: PackableLinear, x: torch.Tensor, bias: torch.Tensor | None
@@ -113,9 +106,6 @@ class RescoredInt8Head(Int8Method):
                 layer.plain_weight(), bias, RESCORE_MARGIN,
             )  # fmt: skip
         return logits
-
-    def rows(self, layer: PackableLinear, ids: torch.Tensor) -> torch.Tensor | None:
-        return None  # the float table stays (rescoring reads it)
 
 
 register_weight_method("int8", Int8Method)

@@ -114,6 +114,10 @@ def test_a_short_or_failed_run_is_flagged_not_comparable():
     assert len(notes) == 2 and "x (completions, 4 users) generated 121 of 128" in notes[0]
     assert "1 requests ended before output_len" in notes[0]
     assert "1 failed" in notes[1] and "ServerDisconnectedError" in notes[1]
+    rounds = [{**rows[0], "round": 1}, {**rows[0], "round": 2}]  # the same target, twice
+    notes = token_notes(rounds)
+    assert len(set(notes)) == 2, notes  # one line per round, each naming its round
+    assert "x (completions, 4 users, round 2) generated" in notes[1]
 
 
 def test_report_table_ratio_plot_and_flags(tmp_path):

@@ -101,25 +101,30 @@ def table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 
 def token_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """A line for every run that did not generate exactly the tokens asked for."""
+    """A line for every run that did not generate exactly the tokens asked for, and for
+    every llama-server run whose count vLLM's client could not take from the usage."""
+    several = several_rounds(rows)
+
+    def where(r: dict[str, Any]) -> str:
+        nth = f", round {r.get('round', 1)}" if several else ""
+        return f"{r['target']} ({r['api']}, {r['concurrency']} users{nth})"
+
     notes = []
     for r in rows:
         if r["tokens_ok"]:
             continue
-        where = f"{r['target']} ({r['api']}, {r['concurrency']} users)"
         short = r.get("server_short_requests", r.get("short_requests"))
         detail = f"; {short} requests ended before output_len" if short else ""
         error = f"; first error: {r['first_error']}" if r.get("first_error") else ""
         notes.append(
-            f"NOT COMPARABLE: {where} generated {r['total_output_tokens']} of "
+            f"NOT COMPARABLE: {where(r)} generated {r['total_output_tokens']} of "
             f"{r['expected_output_tokens']} tokens, {r['failed']} failed{detail}{error}"
         )
     for r in rows:
         if "server_output_tokens" not in r:
             continue
-        where = f"{r['target']} ({r['api']}, {r['concurrency']} users)"
         notes.append(
-            f"{where}: vLLM's client counted {r['total_output_tokens']} output tokens by "
+            f"{where(r)}: vLLM's client counted {r['total_output_tokens']} output tokens by "
             "re-tokenizing the text (it skips the usage llama-server sends in its last "
             f"`choices` chunk); llama-server's log counts {r['server_output_tokens']} tokens "
             f"in {r['server_requests']} requests (warm-ups included), "

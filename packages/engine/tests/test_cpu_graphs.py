@@ -19,8 +19,8 @@ if library() is None:
     pytest.skip("CPU graphs record C kernel calls: no C kernels here", allow_module_level=True)
 
 
-def _generate(model_dir, prompts, lengths):
-    llm = LLM(str(model_dir), kv_cache_memory="8MiB", block_size=16)
+def _generate(model_dir, prompts, lengths, kv_cache_dtype="auto"):
+    llm = LLM(str(model_dir), kv_cache_memory="8MiB", block_size=16, kv_cache_dtype=kv_cache_dtype)
     params = [
         SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, logprobs=2) for n in lengths
     ]
@@ -29,17 +29,20 @@ def _generate(model_dir, prompts, lengths):
     return result, llm.llm_engine.runner.graphs, llm
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
-def test_graph_replay_equals_eager(tiny_models, monkeypatch, assert_no_leaks, arch):
+@pytest.mark.parametrize(
+    ("arch", "kv_cache_dtype"),
+    [("llama", "auto"), ("mistral", "auto"), ("qwen2", "auto"), ("llama", "float16")],
+)
+def test_graph_replay_equals_eager(tiny_models, monkeypatch, assert_no_leaks, arch, kv_cache_dtype):
     model_dir = tiny_models(arch)
     prompts = random_token_prompts(4, vocab=380, lo=3, hi=30, seed=3)
     # The batch shrinks 4 -> 3 -> 2 -> 1 as requests finish; 3 runs padded in the 4-graph.
     lengths = [40, 25, 10, 33]
     monkeypatch.setenv(GRAPHS_VAR, "0")
-    eager, off, _ = _generate(model_dir, prompts, lengths)
+    eager, off, _ = _generate(model_dir, prompts, lengths, kv_cache_dtype)
     assert off.disabled == f"{GRAPHS_VAR}=0" and not off.steps
     monkeypatch.setenv(GRAPHS_VAR, "1")
-    replayed, graphs, llm = _generate(model_dir, prompts, lengths)
+    replayed, graphs, llm = _generate(model_dir, prompts, lengths, kv_cache_dtype)
     assert graphs.disabled is None, graphs.disabled
     assert sorted(graphs.steps) == [1, 2, 4]  # one graph per padded decode batch size
     assert all(s.graph is not None and s.graph.calls for s in graphs.steps.values())

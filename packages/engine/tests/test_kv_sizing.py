@@ -78,3 +78,24 @@ def test_prefault_is_capped_by_the_cache_and_zero_turns_it_off(llama_dir):
     assert none.llm_engine.cache_config.num_prefault_blocks == 0
     with pytest.raises(ValueError, match="kv_cache_prefault"):
         LLM(str(llama_dir), kv_cache_prefault="lots")
+
+
+def test_a_float16_cache_holds_twice_the_tokens_and_generates_alike(llama_dir, caplog):
+    """The same memory holds twice the blocks; greedy text and logprobs stay those of the
+    float32 cache (the tiny model's keys and values round to 11 significant bits)."""
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=1)
+    prompts = [[5, 6, 7, 8, 9] * 7, [11, 3]]
+    runs = {}
+    for kv in ("auto", "fp16"):
+        with caplog.at_level(logging.INFO, logger="leaflm.engine"):
+            llm = LLM(str(llama_dir), kv_cache_memory="2MiB", kv_cache_dtype=kv)
+        engine = llm.llm_engine
+        assert engine.runner.kv.data.dtype == (torch.float16 if kv == "fp16" else torch.float32)
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        runs[kv] = (engine.cache_config.num_blocks, [o.outputs[0] for o in outs])
+    assert runs["fp16"][0] == 2 * runs["auto"][0]
+    assert any("KV cache float16" in r.getMessage() for r in caplog.records)
+    for want, got in zip(runs["auto"][1], runs["fp16"][1], strict=True):
+        assert got.token_ids == want.token_ids
+        for w, g, t in zip(want.logprobs, got.logprobs, want.token_ids, strict=True):
+            assert abs(w[t].logprob - g[t].logprob) < 5e-3

@@ -48,6 +48,8 @@ def test_sampling_params_errors_name_the_field(kwargs, field):
         ({"device": "tpu"}, "device"),
         ({"swap_space_gb": -1}, "swap_space_gb"),
         ({"tensor_parallel_size": 0}, "tensor_parallel_size"),
+        ({"kv_cache_dtype": "int4"}, "kv_cache_dtype"),
+        ({"kv_cache_dtype": "fp8_e4m3"}, "kv_cache_dtype 'fp8_e4m3' is not supported"),
     ],
 )
 def test_engine_args_errors_name_the_field(kwargs, field):

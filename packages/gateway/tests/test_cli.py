@@ -21,17 +21,19 @@ def test_serve_flags_reach_engine_and_settings():
     args = build_parser().parse_args(
         ["serve", "some/model", "--port", "9001", "--api-key", "k", "--max-queue", "4",
          "--served-model-name", "leafy", "--kv-cache-memory", "512MiB", "--max-model-len", "128",
-         "--disable-prefix-caching", "--swap-space", "1.5", "--seed", "7", "--dtype", "float32"]
+         "--disable-prefix-caching", "--swap-space", "1.5", "--seed", "7", "--dtype", "float32",
+         "--kv-cache-dtype", "float16"]
     )  # fmt: skip
     assert (args.model, args.port, args.api_key, args.max_queue) == ("some/model", 9001, "k", 4)
     assert args.served_model_name == "leafy"
     kw = engine_kwargs(args)
     assert kw["kv_cache_memory"] == "512MiB" and kw["max_model_len"] == 128
     assert kw["enable_prefix_caching"] is False and kw["swap_space_gb"] == 1.5
-    assert kw["seed"] == 7 and kw["dtype"] == "float32"
+    assert kw["seed"] == 7 and kw["dtype"] == "float32" and kw["kv_cache_dtype"] == "float16"
     defaults = build_parser().parse_args(["serve"])
     assert defaults.model is None and defaults.host == "127.0.0.1" and defaults.port == 8000
     assert engine_kwargs(defaults)["enable_prefix_caching"] is True
+    assert engine_kwargs(defaults)["kv_cache_dtype"] == "auto"
 
 
 def test_python_m_gateway_serves(tiny_model_dir):

@@ -1,6 +1,6 @@
-"""The C paged-attention kernel (float32 CPU) vs the reference: odd lengths, block boundaries,
-GQA 1/4/8, ALiBi, sliding window, softcap, head_dim 80, prefill over cached prefixes, and
-non-contiguous outputs. The kernel is built here from source; a machine without a C compiler
+"""The C paged-attention kernel (float32 queries, float32 or float16 cache) vs the reference:
+odd lengths, block boundaries, GQA 1/4/8, ALiBi, sliding window, softcap, head_dim 80, prefill
+over cached prefixes, and non-contiguous outputs. The kernel is built here from source; a machine without a C compiler
 skips these tests (CI has one, so they run there)."""
 
 from __future__ import annotations
@@ -49,10 +49,14 @@ def _opts(o: dict, heads: int) -> dict:
     }
 
 
+CACHE_DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float16, id="f16")]
+
+
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(("lens", "heads", "kv", "dim", "page", "o"), CASES)
-def test_decode_matches_reference(lens, heads, kv, dim, page, o, threads):
-    case = make_paged_case(lens, kv, dim, page)
+def test_decode_matches_reference(lens, heads, kv, dim, page, o, threads, cache_dtype):
+    case = make_paged_case(lens, kv, dim, page, dtype=cache_dtype)
     q = torch.randn(len(lens), heads, dim)
     opts = _opts(o, heads)
     args = (
@@ -75,9 +79,10 @@ def test_decode_matches_reference(lens, heads, kv, dim, page, o, threads):
     torch.testing.assert_close(got, want, atol=TOL, rtol=TOL)
 
 
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
 @pytest.mark.parametrize(("lens", "heads", "kv", "dim", "page", "o"), CASES)
-def test_prefill_matches_reference(lens, heads, kv, dim, page, o):
-    case = make_paged_case(lens, kv, dim, page)
+def test_prefill_matches_reference(lens, heads, kv, dim, page, o, cache_dtype):
+    case = make_paged_case(lens, kv, dim, page, dtype=cache_dtype)
     # full prefill, a single decode token, a suffix over a cached prefix (chunk / cache hit)
     qlens = [n if i % 3 == 0 else (1 if i % 3 == 1 else max(1, n - 13)) for i, n in enumerate(lens)]
     qsl = torch.tensor([0, *torch.tensor(qlens).cumsum(0).tolist()], dtype=torch.int32)
@@ -123,6 +128,24 @@ def test_write_kv_cache_matches_reference_with_strided_rows_and_skips():
     got_k, got_v = torch.zeros_like(want_k), torch.zeros_like(want_v)
     cpu.write_kv_cache(k, v, got_k, got_v, slots)
     assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+
+
+def test_write_kv_cache_rounds_into_a_half_cache_as_torch_casts():
+    """Rows of 60 halves: the vector converter's 16-wide chunks and the scalar tail; values
+    past the half range, at its subnormals, ties to even, infinities and NaN."""
+    kv, dim, tokens = 3, 20, 6
+    k = torch.randn(tokens, kv, dim) * 10.0 ** torch.randint(-9, 6, (tokens, kv, dim)).float()
+    v = torch.randn(tokens, kv, dim)
+    k[0, 0, :6] = torch.tensor([65504.0, 65520.0, 1e9, -float("inf"), float("nan"), 2.0**-25])
+    k[0, 2, -6:] = torch.tensor([65520.0, 6e-8, -3e-8, 2.0**-24 * 1.5, 1 + 2.0**-11, 2.0**-14])
+    slots = torch.tensor([3, 17, -1, 30, 0, 39])
+    want_k, want_v = (torch.zeros(5, 8, kv, dim, dtype=torch.float16) for _ in range(2))
+    ref.write_kv_cache(k, v, want_k, want_v, slots)
+    got_k, got_v = torch.zeros_like(want_k), torch.zeros_like(want_v)
+    cpu.write_kv_cache(k, v, got_k, got_v, slots)
+    same = lambda a, b: torch.equal(a.view(torch.int16), b.view(torch.int16))  # noqa: E731
+    assert same(got_v, want_v)
+    assert same(got_k.nan_to_num(), want_k.nan_to_num()) and got_k.isnan().equal(want_k.isnan())
 
 
 def test_decode_reads_strided_query_rows():

@@ -95,6 +95,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
         "--kv-cache-memory", default=None,
         help="CPU KV cache size, e.g. 256MiB (default: the engine's, allocated whole at start)",
     )  # fmt: skip
+    p.add_argument(
+        "--kv-cache-dtype", default="auto",
+        help="the KV cache's element type: auto (the model's), float16 or bfloat16",
+    )  # fmt: skip
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -118,8 +122,9 @@ def _run_generate(args: argparse.Namespace) -> int:
     from leaflm.engine import LLM, SamplingParams
 
     llm = LLM(
-        model=args.model, kv_cache_memory=args.kv_cache_memory, quantization=args.quantization
-    )
+        model=args.model, kv_cache_memory=args.kv_cache_memory, quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype,
+    )  # fmt: skip
     params = SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
@@ -133,8 +138,9 @@ def _run_chat(args: argparse.Namespace) -> int:
     from leaflm.engine import LLM, SamplingParams
 
     llm = LLM(
-        model=args.model, kv_cache_memory=args.kv_cache_memory, quantization=args.quantization
-    )
+        model=args.model, kv_cache_memory=args.kv_cache_memory, quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype,
+    )  # fmt: skip
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": args.message})
     params = SamplingParams(

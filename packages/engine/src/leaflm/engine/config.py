@@ -21,6 +21,8 @@ _DTYPES = {
     "half": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+# kv_cache_dtype names (vLLM spells the halves "fp16"/"bf16" too); "auto" is the model's dtype
+_KV_DTYPES = {**_DTYPES, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
 _UNITS.update(
     {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
@@ -66,6 +68,9 @@ class EngineArgs:
     seed: int = 0
     served_model_name: str | None = None
     quantization: str | None = None  # None: float weights; "int8": see layers/weight_method
+    # the paged KV cache's element type: "auto" (the model's dtype) or e.g. "float16", which
+    # halves the bytes decode attention reads on a float32 CPU model
+    kv_cache_dtype: str | torch.dtype = "auto"
 
     def __post_init__(self) -> None:
         def positive_int(name: str, allow_none: bool = False) -> None:
@@ -81,6 +86,13 @@ class EngineArgs:
             )
         if not isinstance(self.dtype, (str, torch.dtype)):
             raise ValueError(f"dtype must be a string or torch.dtype, got {self.dtype!r}")
+        kv = self.kv_cache_dtype
+        if isinstance(kv, str) and kv.startswith("fp8"):
+            raise ValueError(f"kv_cache_dtype {kv!r} is not supported: use 'auto' or 'float16'")
+        if not (kv == "auto" or kv in _KV_DTYPES or kv in set(_KV_DTYPES.values())):
+            raise ValueError(
+                f"kv_cache_dtype must be 'auto' or one of {sorted(_KV_DTYPES)}, got {kv!r}"
+            )
         if not isinstance(self.device, str) or not re.fullmatch(
             r"auto|cpu|cuda(:\d+)?", self.device
         ):
@@ -117,6 +129,12 @@ class EngineArgs:
 
             get_weight_method(self.quantization)  # ValueError naming the known ones
 
+    def resolve_kv_cache_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        kv = self.kv_cache_dtype
+        if isinstance(kv, torch.dtype):
+            return kv
+        return model_dtype if kv == "auto" else _KV_DTYPES[kv]
+
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -148,6 +166,12 @@ class ModelConfig:
     served_name: str
     quantization: str | None = None  # the weight method's name (every rank prepares its own)
     gguf_path: Path | None = None  # the GGUF file the model came from, if it came from one
+    kv_cache_dtype: torch.dtype | None = None  # None: the model's dtype
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """The paged KV cache's element type."""
+        return self.kv_cache_dtype or self.dtype
 
     @property
     def max_position_embeddings(self) -> int:

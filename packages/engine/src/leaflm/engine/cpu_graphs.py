@@ -101,7 +101,7 @@ class DecodeGraphs:
             self.disabled = f"{GRAPHS_VAR}=0"
         elif tp_size() > 1:
             self.disabled = "tensor parallelism (collectives are not kernel calls)"
-        elif not use_cpu_kernels(*params[:1], *(k for k, _ in kv_layers[:1])):
+        elif not use_cpu_kernels(*params[:1], caches=tuple(kv_layers[0]) if kv_layers else ()):
             self.disabled = "not a float32 CPU model with the C kernels"
 
     def forward(self, step: StepInput) -> torch.Tensor | None:

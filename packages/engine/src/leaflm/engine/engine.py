@@ -46,10 +46,11 @@ class LLMEngine:
             self.executor.shutdown()
             raise
         mc = self.model_config
+        kv = "" if mc.cache_dtype == mc.dtype else f", KV cache {mc.cache_dtype}"
         logger.info(
-            "ready in %.1f s: %s on %s, %s, max_model_len=%d",
+            "ready in %.1f s: %s on %s, %s%s, max_model_len=%d",
             time.perf_counter() - start, mc.served_name, mc.device,
-            str(mc.dtype).replace("torch.", ""), mc.max_model_len,
+            str(mc.dtype).replace("torch.", ""), kv.replace("torch.", ""), mc.max_model_len,
         )  # fmt: skip
 
     def _init_cache_and_state(self, args: EngineArgs) -> None:

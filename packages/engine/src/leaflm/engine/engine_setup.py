@@ -71,6 +71,7 @@ def load_model_config(args: EngineArgs) -> tuple[ModelConfig, Any, frozenset[int
         served_name=name,
         quantization=args.quantization,
         gguf_path=source,
+        kv_cache_dtype=args.resolve_kv_cache_dtype(dtype),
     )
     return config, tokenizer, frozenset(eos)
 
@@ -84,7 +85,7 @@ def _ids(value: Any) -> list[int]:
 def size_kv_cache(args: EngineArgs, config: ModelConfig, runner: ModelRunner) -> CacheConfig:
     """Number of device and swap blocks; may lower `config.max_model_len` to what fits."""
     layers, kv_heads, head_dim = runner.kv_shape()
-    per_block = bytes_per_block(layers, args.block_size, kv_heads, head_dim, config.dtype)
+    per_block = bytes_per_block(layers, args.block_size, kv_heads, head_dim, config.cache_dtype)
     if config.device.type == "cuda":
         budget_tokens = args.max_num_batched_tokens or 8192
         peak = runner.profile_peak_memory(budget_tokens, args.block_size)

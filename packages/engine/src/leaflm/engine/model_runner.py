@@ -85,7 +85,7 @@ class ModelRunner:
         self.block_size = block_size
         self.kv = KVCache(
             layers, num_blocks, block_size, kv_heads, head_dim,
-            self.config.dtype, self.device, num_cpu_blocks, num_prefault_blocks,
+            self.config.cache_dtype, self.device, num_cpu_blocks, num_prefault_blocks,
         )  # fmt: skip
         self.graphs = None
         if self.device.type == "cpu":  # small decode steps replay recorded kernel calls

@@ -5,10 +5,12 @@ thousand tokens of prose, dialogue, lists and code written for this purpose), in
 `window` tokens, each window one prefill through leaflm's own model runner, so every
 position's full distribution is compared: mean KL(reference || candidate) in nats, the
 share of positions where the two agree on the most likely token, and each model's
-perplexity of the text. Reused by every quantization (`quantization="int8"`, GGUF blocks):
-`compare_runners` takes any two runners, `compare_quantization` builds them by name.
+perplexity of the text. Reused by every quantization (`quantization="int8"`, GGUF blocks, a
+float16 KV cache): `compare_runners` takes any two runners, `compare_quantization` builds them
+by name.
 
-`python -m leaflm.engine.quant_eval --quantization int8` prints the figures.
+`python -m leaflm.engine.quant_eval --quantization int8 [--kv-cache-dtype float16]` prints
+the figures.
 """
 
 from __future__ import annotations
@@ -46,12 +48,18 @@ def eval_text() -> str:
 
 
 def load_runner(
-    model: str | Path | None = None, quantization: str | None = None
+    model: str | Path | None = None,
+    quantization: str | None = None,
+    kv_cache_dtype: str = "auto",
 ) -> tuple[ModelRunner, Any]:
-    """A CPU float32 model runner (and its tokenizer) with the weight method `quantization`."""
+    """A CPU float32 model runner (and its tokenizer) with the weight method `quantization`
+    and a KV cache of `kv_cache_dtype`."""
     from leaflm.engine.engine_setup import load_model_config
 
-    args = EngineArgs(model=model, device="cpu", dtype="float32", quantization=quantization)
+    args = EngineArgs(
+        model=model, device="cpu", dtype="float32", quantization=quantization,
+        kv_cache_dtype=kv_cache_dtype,
+    )  # fmt: skip
     config, tokenizer, _ = load_model_config(args)
     return ModelRunner(config), tokenizer
 
@@ -133,15 +141,17 @@ def compare_runners(
 
 
 def compare_quantization(
-    quantization: str,
+    quantization: str | None,
     model: str | Path | None = None,
     reference: str | None = None,
     max_tokens: int | None = None,
     window: int = 512,
+    kv_cache_dtype: str = "auto",
 ) -> Agreement:
-    """`quantization` against `reference` (None: float32) on the same model and the eval text."""
+    """`quantization` with a `kv_cache_dtype` cache against `reference` (None: float32) with a
+    float32 one, on the same model and the eval text."""
     ref_runner, tokenizer = load_runner(model, reference)
-    cand_runner, _ = load_runner(model, quantization)
+    cand_runner, _ = load_runner(model, quantization, kv_cache_dtype)
     ids = tokenizer(eval_text(), add_special_tokens=False)["input_ids"]
     if max_tokens is not None:
         ids = ids[:max_tokens]
@@ -150,13 +160,18 @@ def compare_quantization(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quantization", required=True, help="the candidate's weight method")
+    p.add_argument("--quantization", default=None, help="the candidate's weight method")
+    p.add_argument(
+        "--kv-cache-dtype", default="auto", help="the candidate's KV cache (e.g. float16)"
+    )
     p.add_argument("--reference", default=None, help="the reference's (default: float32)")
     p.add_argument("--model", default=None, help="model dir or .gguf (default: embedded)")
     p.add_argument("--max-tokens", type=int, default=None, help="only the text's first N")
     p.add_argument("--window", type=int, default=512, help="tokens per prefill window")
     a = p.parse_args(argv)
-    result = compare_quantization(a.quantization, a.model, a.reference, a.max_tokens, a.window)
+    result = compare_quantization(
+        a.quantization, a.model, a.reference, a.max_tokens, a.window, a.kv_cache_dtype
+    )
     print(json.dumps(asdict(result), indent=2))
     return 0
 

@@ -69,6 +69,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--gpu-memory-utilization",
     )  # fmt: skip
     e.add_argument(
+        "--kv-cache-dtype", default="auto",
+        help="the KV cache's element type: auto (the model's dtype), float16 or bfloat16; "
+        "float16 halves what decode attention reads on a float32 CPU model (default: "
+        "%(default)s)",
+    )  # fmt: skip
+    e.add_argument(
         "--kv-cache-prefault", default="1GiB",
         help="CPU: how much of the KV cache (its first blocks, the first handed out) is made "
         "resident at start, so early requests do not page-fault mid-step; 0: none "
@@ -250,6 +256,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "block_size": args.block_size,
         "kv_cache_memory": kv,
         "kv_cache_prefault": int(p) if (p := args.kv_cache_prefault).isdigit() else p,
+        "kv_cache_dtype": args.kv_cache_dtype,
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "max_num_seqs": args.max_num_seqs,
         "max_num_batched_tokens": args.max_num_batched_tokens,

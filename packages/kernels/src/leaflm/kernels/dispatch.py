@@ -2,7 +2,8 @@
 
 CUDA tensors with Triton importable run the Triton kernel. Float32 CPU tensors run the C
 kernel (:mod:`leaflm.kernels.cpu`) of ops that have one (paged attention, KV write, RMSNorm,
-rotary, SiLU-and-mul, greedy sampling) when it could be built; anything else runs the reference.
+rotary, SiLU-and-mul, greedy sampling) when it could be built, the paged KV cache float32 or
+float16 (``caches=``); anything else runs the reference.
 ``LEAFLM_KERNELS=torch``, ``=triton`` or ``=cpu`` forces one path (read on every call, so tests
 can flip it; ``cpu`` applies to the ops with a C kernel); with ``TRITON_INTERPRET=1`` the forced
 Triton path runs on CPU tensors.
@@ -21,6 +22,7 @@ import torch
 from leaflm.kernels.cpu import build as cpu_build
 
 ENV_VAR = "LEAFLM_KERNELS"
+CPU_CACHE_DTYPES = (torch.float32, torch.float16)  # the KV cache kinds the C kernel reads
 
 
 @functools.cache
@@ -57,8 +59,11 @@ def _backend(forced: str, t: torch.Tensor) -> str:
     return "triton" if t.is_cuda and triton_available() else "torch"
 
 
-def kernel_module(op_kind: str, *tensors: torch.Tensor | None) -> ModuleType:
-    """The module that runs an op of ``op_kind`` on these tensors (the first is the main one).
+def kernel_module(
+    op_kind: str, *tensors: torch.Tensor | None, caches: tuple[torch.Tensor, ...] = ()
+) -> ModuleType:
+    """The module that runs an op of ``op_kind`` on these tensors (the first is the main one)
+    and these paged KV ``caches`` (which the C kernel also reads as float16).
 
     ``op_kind`` names the op's C-kernel module (``leaflm.kernels.cpu.<op_kind>``), or is ""
     for ops without one.
@@ -68,13 +73,17 @@ def kernel_module(op_kind: str, *tensors: torch.Tensor | None) -> ModuleType:
     forced = _forced()  # one environment read per call: this runs ~200 times a decode step
     if _backend(forced, main) == "triton":
         return triton_ops()
-    if op_kind and _cpu_kernels_apply(forced, tensors):
+    if op_kind and _cpu_kernels_apply(forced, tensors, caches):
         return _cpu_module(op_kind)
     return _reference()
 
 
-def _all_cpu_float32(tensors: tuple[torch.Tensor | None, ...]) -> bool:
-    return all(t is None or (t.is_cpu and t.dtype == torch.float32) for t in tensors)
+def _all_cpu_float32(
+    tensors: tuple[torch.Tensor | None, ...], caches: tuple[torch.Tensor, ...] = ()
+) -> bool:
+    return all(t is None or (t.is_cpu and t.dtype == torch.float32) for t in tensors) and all(
+        c.is_cpu and c.dtype in CPU_CACHE_DTYPES for c in caches
+    )
 
 
 @functools.cache
@@ -87,18 +96,21 @@ def _reference() -> ModuleType:
     return importlib.import_module("leaflm.kernels.reference")
 
 
-def use_cpu_kernels(*tensors: torch.Tensor | None) -> bool:
-    """Whether an op with a C kernel runs it: float32 CPU tensors and a built library.
+def use_cpu_kernels(*tensors: torch.Tensor | None, caches: tuple[torch.Tensor, ...] = ()) -> bool:
+    """Whether an op with a C kernel runs it: float32 CPU tensors (float32 or float16 KV
+    ``caches``) and a built library.
 
     ``LEAFLM_KERNELS=torch`` (or ``=triton``) says no; ``=cpu`` says yes or raises.
     """
-    return _cpu_kernels_apply(_forced(), tensors)
+    return _cpu_kernels_apply(_forced(), tensors, caches)
 
 
-def _cpu_kernels_apply(forced: str, tensors: tuple[torch.Tensor | None, ...]) -> bool:
+def _cpu_kernels_apply(
+    forced: str, tensors: tuple[torch.Tensor | None, ...], caches: tuple[torch.Tensor, ...] = ()
+) -> bool:
     if forced in ("torch", "triton"):
         return False
-    ok = _all_cpu_float32(tensors)
+    ok = _all_cpu_float32(tensors, caches)
     reason = cpu_reason()
     if forced == "cpu" and not (ok and reason is None):
         raise RuntimeError(

@@ -18,7 +18,7 @@ def write_kv_cache(
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    impl = kernel_module("attention", key, value, key_cache, value_cache)
+    impl = kernel_module("attention", key, value, caches=(key_cache, value_cache))
     impl.write_kv_cache(key, value, key_cache, value_cache, slot_mapping)
 
 
@@ -35,7 +35,7 @@ def paged_attention_decode(
     softcap: float | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    impl = kernel_module("attention", query, key_cache)
+    impl = kernel_module("attention", query, caches=(key_cache, value_cache))
     return impl.paged_attention_decode(
         query, key_cache, value_cache, block_tables, seq_lens, scale,
         alibi_slopes=alibi_slopes, sliding_window=sliding_window, softcap=softcap, out=out,
@@ -57,7 +57,7 @@ def paged_attention_prefill(
     out: torch.Tensor | None = None,
     max_query_len: int | None = None,
 ) -> torch.Tensor:
-    impl = kernel_module("attention", query, key_cache)
+    impl = kernel_module("attention", query, caches=(key_cache, value_cache))
     return impl.paged_attention_prefill(
         query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale,
         alibi_slopes=alibi_slopes, sliding_window=sliding_window, softcap=softcap, out=out,

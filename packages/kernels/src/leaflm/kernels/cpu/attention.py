@@ -1,4 +1,7 @@
-"""Paged attention on float32 CPU tensors through the C kernel (see ``paged_attention.c``).
+"""Paged attention on float32 CPU queries through the C kernel (see ``paged_attention.c``).
+
+The cache may be float32 or float16 (half the bytes a decode step streams); queries, keys and
+values written into it and the output stay float32.
 
 Signatures and semantics are those of :mod:`leaflm.kernels.reference.attention`.
 """
@@ -11,6 +14,14 @@ import torch
 
 from leaflm.kernels import reference as ref
 from leaflm.kernels.cpu.build import require_library
+from leaflm.kernels.dispatch import CPU_CACHE_DTYPES
+
+
+def _half(key_cache: torch.Tensor, value_cache: torch.Tensor) -> int:
+    """1 for a float16 cache, 0 for float32 (the kernel's two element kinds)."""
+    if key_cache.dtype != value_cache.dtype or key_cache.dtype not in CPU_CACHE_DTYPES:
+        raise TypeError(f"the C kernel reads float32 or float16 caches, not {key_cache.dtype}")
+    return int(key_cache.dtype == torch.float16)
 
 
 def _attend(
@@ -42,7 +53,8 @@ def _attend(
     target = out if out.is_contiguous() else torch.empty(query.shape, dtype=query.dtype)
     lib.leaflm_paged_attention(
         q.data_ptr(), q.stride(0), key_cache.contiguous().data_ptr(),
-        value_cache.contiguous().data_ptr(), tables.data_ptr(), tables.shape[1],
+        value_cache.contiguous().data_ptr(), _half(key_cache, value_cache),
+        tables.data_ptr(), tables.shape[1],
         None if table_rows is None else table_rows.data_ptr(), row_ctx.data_ptr(),
         target.data_ptr(), rows, num_heads, num_kv, head_dim, block_size, ctypes.c_float(scale),
         None if alibi is None else alibi.data_ptr(), sliding_window or 0,
@@ -71,7 +83,8 @@ def write_kv_cache(
     slots = slot_mapping.to(torch.int64).contiguous()
     require_library().leaflm_write_kv(
         k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), key_cache.data_ptr(),
-        value_cache.data_ptr(), slots.data_ptr(), tokens, k.shape[1],
+        value_cache.data_ptr(), _half(key_cache, value_cache), slots.data_ptr(), tokens,
+        k.shape[1],
     )  # fmt: skip
 
 

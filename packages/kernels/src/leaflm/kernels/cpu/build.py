@@ -131,12 +131,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.leaflm_paged_attention
     fn.restype = None
     fn.argtypes = [
-        p, i64, p, p, p, i64, p, p, p,  # q, q_stride, caches, block_tables, stride, row_*, out
+        p, i64, p, p, ctypes.c_int,  # q, q_stride, caches, cache_half
+        p, i64, p, p, p,  # block_tables, table_stride, row_table, row_ctx, out
         i64, i64, i64, i64, i64,  # rows, num_heads, num_kv, head_dim, block_size
         f32, p, i64, f32, ctypes.c_int,  # scale, alibi, window, softcap, num_threads
     ]  # fmt: skip
     lib.leaflm_write_kv.restype = None
-    lib.leaflm_write_kv.argtypes = [p, i64, p, i64, p, p, p, i64, i64]
+    lib.leaflm_write_kv.argtypes = [p, i64, p, i64, p, p, ctypes.c_int, p, i64, i64]
     lib.leaflm_rms_norm.restype = None
     lib.leaflm_rms_norm.argtypes = [p, i64, p, i64, p, p, p, i64, i64, f32, ctypes.c_int]
     lib.leaflm_rotary.restype = None

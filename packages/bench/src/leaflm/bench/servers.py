@@ -22,7 +22,11 @@ import httpx
 from leaflm.bench.baselines import resolve_dtype
 
 HOST = "127.0.0.1"
-KINDS = ("leaflm", "leaflm-int8", "leaflm-gguf", "hf-serve", "hf-serve-cb", "naive")
+# every leaflm variant of leaflm.bench.offline.LEAFLM_VARIANTS (spelled out: no engine import)
+LEAFLM_KINDS = tuple(
+    f"{base}{kv}" for kv in ("", "-kv16") for base in ("leaflm", "leaflm-int8", "leaflm-gguf")
+)
+KINDS = (*LEAFLM_KINDS, "hf-serve", "hf-serve-cb", "naive")
 
 
 def free_port() -> int:
@@ -55,12 +59,13 @@ def server_command(
     if kind.startswith("leaflm"):
         from leaflm.bench.offline import leaflm_variant
 
-        model, quantization = leaflm_variant(kind, model_dir)
+        model, quantization, kv_cache_dtype = leaflm_variant(kind, model_dir)
         # `python -m leaflm.gateway` is `leaflm serve` without needing entry-point metadata
         cmd = [sys.executable, "-m", "leaflm.gateway", model]
         return [
             *cmd,
             *(["--quantization", quantization] if quantization else []),
+            *(["--kv-cache-dtype", kv_cache_dtype] if kv_cache_dtype != "auto" else []),
             "--host",
             HOST,
             "--port",

@@ -31,9 +31,21 @@ enum { F32 = 0, F16 = 1 }; /* the cache's element kind */
 
 static inline int64_t elt_size(const int H) { return H == F16 ? 2 : 4; }
 
-/* Element i of a cache row of kind H, as a float. */
-static inline float load1(const void *row, int64_t i, const int H) {
-    return H == F16 ? half_to_float(((const uint16_t *)row)[i]) : ((const float *)row)[i];
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+/* A cache row of n elements of kind H as floats: the row itself, or widened into buf. */
+static inline const float *widen(const void *row, float *restrict buf, int64_t n, const int H) {
+    if (H == F32) return (const float *)row;
+    const uint16_t *h = (const uint16_t *)row;
+    int64_t i = 0;
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+#endif
+    for (; i < n; ++i) buf[i] = half_to_float(h[i]);
+    return buf;
 }
 
 /* Scores of `count` consecutive keys (rows `stride` floats apart) against a D-float query,
@@ -43,8 +55,6 @@ static inline float load1(const void *row, int64_t i, const int H) {
  * read: a block's slots past the context are allocated, so a short last group still runs as
  * sixteen and stores only its first scores (whatever those slots hold is never used). */
 #if defined(__AVX512F__)
-#include <immintrin.h>
-
 /* Sixteen consecutive cache elements of kind H, as floats. */
 static inline __m512 load16(const void *row, int64_t i, const int H) {
     return H == F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i)))
@@ -98,13 +108,8 @@ static inline __attribute__((always_inline)) void scores_of(
             _mm512_mask_storeu_ps(s + t, keep, sum_lanes_16(acc));
         }
 #endif
-    if (H == F32)
-        for (; t < count; ++t) s[t] = dot(q, (const float *)(k + t * row_bytes), D);
-    for (; t < count; ++t) {
-        float acc = 0.0f;
-        for (int64_t d = 0; d < D; ++d) acc += q[d] * load1(k + t * row_bytes, d, H);
-        s[t] = acc;
-    }
+    float buf[H == F16 ? D : 1];
+    for (; t < count; ++t) s[t] = dot(q, widen(k + t * row_bytes, buf, D, H), D);
 }
 
 typedef struct {
@@ -206,13 +211,16 @@ static inline __attribute__((always_inline)) void weigh_values_block(
         int64_t start, stop;
         block_span(b, bs, lo, ctx, &start, &stop);
         const char *v = token_row(L->v_cache, table, start, bs, row_bytes) + head_bytes;
-        for (int64_t j = start - lo; j < stop - lo; ++j, v += row_bytes)
+        float buf[H == F16 ? D : 1];
+        for (int64_t j = start - lo; j < stop - lo; ++j, v += row_bytes) {
+            const float *vf = widen(v, buf, D, H);
             for (int64_t h = 0; h < HB; ++h) {
                 const float pj = p[h * n + j];
                 float *o = out + h * D;
 #pragma omp simd
-                for (int64_t d = 0; d < D; ++d) o[d] += pj * load1(v, d, H);
+                for (int64_t d = 0; d < D; ++d) o[d] += pj * vf[d];
             }
+        }
     }
 }
 
@@ -403,6 +411,10 @@ static void to_half(uint16_t *restrict dst, const float *restrict src, int64_t n
     for (; i + 16 <= n; i += 16)
         _mm256_storeu_si256((__m256i *)(dst + i),
                             _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
 #endif
     for (; i < n; ++i) dst[i] = float_to_half(src[i]);
 }

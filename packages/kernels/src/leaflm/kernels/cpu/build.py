@@ -27,7 +27,7 @@ SOURCES = (
     "paged_attention.c", "layers.c", "sampling.c", "gemm.c", "int8_gemm.c", "gguf_gemm.c",
     "rescore.c",
 )  # fmt: skip
-HEADERS = ("vec_math.h",)
+HEADERS = ("vec_math.h", "attention_vec.h")
 FLAGS = (
     "-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fno-math-errno", "-std=c11",
     "-shared", "-fPIC",

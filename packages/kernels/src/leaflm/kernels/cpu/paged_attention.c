@@ -25,15 +25,13 @@
 
 #include <omp.h>
 
+#include "attention_vec.h"
 #include "vec_math.h"
 
 enum { F32 = 0, F16 = 1 }; /* the cache's element kind */
 
 static inline int64_t elt_size(const int H) { return H == F16 ? 2 : 4; }
 
-#if defined(__F16C__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 /* A cache row of n elements of kind H as floats: the row itself, or widened into buf. */
 static inline const float *widen(const void *row, float *restrict buf, int64_t n, const int H) {
@@ -48,64 +46,29 @@ static inline const float *widen(const void *row, float *restrict buf, int64_t n
     return buf;
 }
 
-/* Scores of `count` consecutive keys (rows `stride` floats apart) against a D-float query,
- * into s[0..count). With AVX-512 and D % 16 == 0, sixteen keys at a time: sixteen vector
- * accumulators reduced together by a transpose-and-add tree (45 shuffles and adds for 16
- * scores, where one horizontal sum per key costs about 9). `readable` rows (>= count) may be
- * read: a block's slots past the context are allocated, so a short last group still runs as
- * sixteen and stores only its first scores (whatever those slots hold is never used). */
-#if defined(__AVX512F__)
-/* Sixteen consecutive cache elements of kind H, as floats. */
-static inline __m512 load16(const void *row, int64_t i, const int H) {
-    return H == F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i)))
-                    : _mm512_loadu_ps((const float *)row + i);
-}
-
-static inline __m512 sum_lanes_16(__m512 a[16]) {
-    __m512 b[8], c[4];
-    for (int i = 0; i < 8; ++i)
-        b[i] = _mm512_add_ps(
-            _mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1])
-        );
-    for (int i = 0; i < 4; ++i) {
-        const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
-        c[i] = _mm512_add_ps(
-            _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y))
-        );
-    } /* c[i]: in each 128-bit lane, that lane's partial sums of keys 4i..4i+3 */
-    const __m512 e0 = _mm512_add_ps(
-        _mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
-        _mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1))
-    );
-    const __m512 e1 = _mm512_add_ps(
-        _mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(2, 0, 2, 0)),
-        _mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(3, 1, 3, 1))
-    );
-    return _mm512_add_ps(
-        _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(2, 0, 2, 0)),
-        _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(3, 1, 3, 1))
-    );
-}
-#endif
-
+/* Scores of `count` consecutive keys (rows `stride` elements apart) against a D-float query,
+ * into s[0..count). With vectors (attention_vec.h) and D a multiple of their width, ATT_VL
+ * keys at a time: ATT_VL accumulators reduced together by a transpose-and-add tree.
+ * `readable` rows (>= count) may be read: a block's slots past the context are allocated, so a
+ * short last group still runs whole and stores only its first scores (whatever those slots
+ * hold is never used). */
 static inline __attribute__((always_inline)) void scores_of(
     const float *restrict q, const char *restrict k, int64_t stride, int64_t count,
     int64_t readable, float *restrict s, const int64_t D, const int H
 ) {
     const int64_t row_bytes = stride * elt_size(H);
     int64_t t = 0;
-#if defined(__AVX512F__)
-    if (D % 16 == 0)
-        for (; t < count && t + 16 <= readable; t += 16) {
-            __m512 acc[16];
-            for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-            for (int64_t d = 0; d < D; d += 16) {
-                const __m512 qv = _mm512_loadu_ps(q + d);
-                for (int i = 0; i < 16; ++i)
-                    acc[i] = _mm512_fmadd_ps(qv, load16(k + (t + i) * row_bytes, d, H), acc[i]);
+#if defined(ATT_VL)
+    if (D % ATT_VL == 0)
+        for (; t < count && t + ATT_VL <= readable; t += ATT_VL) {
+            vfloat acc[ATT_VL];
+            for (int i = 0; i < ATT_VL; ++i) acc[i] = v_zero();
+            for (int64_t d = 0; d < D; d += ATT_VL) {
+                const vfloat qv = v_load(q + d);
+                for (int i = 0; i < ATT_VL; ++i)
+                    acc[i] = v_fma(qv, v_load_kind(k + (t + i) * row_bytes, d, H), acc[i]);
             }
-            const __mmask16 keep = count - t >= 16 ? 0xFFFF : (__mmask16)((1u << (count - t)) - 1);
-            _mm512_mask_storeu_ps(s + t, keep, sum_lanes_16(acc));
+            v_store_first(s + t, v_sum_lanes(acc), count - t);
         }
 #endif
     float buf[H == F16 ? D : 1];
@@ -182,27 +145,24 @@ static inline __attribute__((always_inline)) void weigh_values_block(
 ) {
     const int64_t bs = L->block_size, row_bytes = L->num_kv * D * elt_size(H);
     const int64_t head_bytes = g * D * elt_size(H);
-#if defined(__AVX512F__)
-    if (D % 16 == 0 && HB * (D / 16) <= 16) {
-        enum { MAX_ACC = 16 };
-        const int64_t nv = D / 16;
-        __m512 acc[MAX_ACC];
-        for (int64_t i = 0; i < HB * nv; ++i) acc[i] = _mm512_setzero_ps();
+#if defined(ATT_VL)
+    if (D % ATT_VL == 0 && HB * (D / ATT_VL) <= ATT_MAX_ACC) {
+        const int64_t nv = D / ATT_VL;
+        vfloat acc[ATT_MAX_ACC];
+        for (int64_t i = 0; i < HB * nv; ++i) acc[i] = v_zero();
         for (int64_t b = lo / bs; b * bs < ctx; ++b) {
             int64_t start, stop;
             block_span(b, bs, lo, ctx, &start, &stop);
             const char *v = token_row(L->v_cache, table, start, bs, row_bytes) + head_bytes;
             for (int64_t j = start - lo; j < stop - lo; ++j, v += row_bytes)
                 for (int64_t h = 0; h < HB; ++h) {
-                    const __m512 pj = _mm512_set1_ps(p[h * n + j]);
+                    const vfloat pj = v_set1(p[h * n + j]);
                     for (int64_t c = 0; c < nv; ++c)
-                        acc[h * nv + c] =
-                            _mm512_fmadd_ps(pj, load16(v, 16 * c, H), acc[h * nv + c]);
+                        acc[h * nv + c] = v_fma(pj, v_load_kind(v, ATT_VL * c, H), acc[h * nv + c]);
                 }
         }
         for (int64_t h = 0; h < HB; ++h)
-            for (int64_t c = 0; c < nv; ++c)
-                _mm512_storeu_ps(out + h * D + 16 * c, acc[h * nv + c]);
+            for (int64_t c = 0; c < nv; ++c) v_store(out + h * D + ATT_VL * c, acc[h * nv + c]);
         return;
     }
 #endif
@@ -230,7 +190,12 @@ static inline __attribute__((always_inline)) void weigh_values(
     const float *restrict p, int64_t n, int64_t G, float *restrict out, const int64_t D,
     const int H
 ) {
+#if defined(ATT_VL)
+    const int64_t fit = D % ATT_VL == 0 ? ATT_MAX_ACC / (D / ATT_VL) : (D <= 64 ? 4 : D <= 128 ? 2 : 1);
+    const int64_t per_group = fit < 1 ? 1 : fit > 4 ? 4 : fit; /* heads whose sums fit registers */
+#else
     const int64_t per_group = D <= 64 ? 4 : D <= 128 ? 2 : 1;
+#endif
     for (int64_t h = 0; h < G; h += per_group) {
         const int64_t hb = G - h < per_group ? G - h : per_group;
         const float *ph = p + h * n;

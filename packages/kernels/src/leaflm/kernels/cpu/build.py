@@ -27,7 +27,7 @@ SOURCES = (
     "paged_attention.c", "layers.c", "sampling.c", "gemm.c", "int8_gemm.c", "gguf_gemm.c",
     "rescore.c",
 )  # fmt: skip
-HEADERS = ("vec_math.h",)
+HEADERS = ("vec_math.h", "gguf_gemm_avx2.h")
 FLAGS = (
     "-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fno-math-errno", "-std=c11",
     "-shared", "-fPIC",
@@ -169,6 +169,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     ]  # fmt: skip
     lib.leaflm_gguf_vnni.restype = ctypes.c_int
     lib.leaflm_gguf_vnni.argtypes = []
+    lib.leaflm_gguf_simd.restype = ctypes.c_char_p
+    lib.leaflm_gguf_simd.argtypes = []
     lib.leaflm_gguf_block_stride.restype = i64
     lib.leaflm_gguf_block_stride.argtypes = [ctypes.c_int]
     lib.leaflm_gguf_unit_bytes.restype = i64

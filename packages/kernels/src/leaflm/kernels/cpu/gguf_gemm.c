@@ -5,8 +5,9 @@
  *
  * As llama.cpp does, the activations are quantized per call to blocks of 32 int8 values with
  * one fp32 scale (d = amax / 127, q = rint(x * 127 / amax)) and the products are integer
- * dot products (AVX-512 VNNI `vpdpbusd`: unsigned weight bytes times signed activations),
- * scaled per block in fp32. With S = sum q_x over a block (S16 over 16 inputs):
+ * dot products (AVX-512 VNNI `vpdpbusd`: unsigned weight bytes times signed activations;
+ * without VNNI, AVX2 byte multiply-adds in gguf_gemm_avx2.h, else a portable loop), scaled
+ * per block in fp32. With S = sum q_x over a block (S16 over 16 inputs):
  *   Q4_0: d_w d_x (dot - 8 S)                  Q4_1: d_w d_x dot + m_w d_x S
  *   Q8_0: d_w d_x dot                          (q_w signed: x goes in as x + 128, unsigned,
  *                                               and 128 sum q_w is taken off again)

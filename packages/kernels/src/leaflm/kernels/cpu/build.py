@@ -2,9 +2,11 @@
 
 The sources are plain C with OpenMP: no PyTorch headers, so a build takes about a second with
 the system C compiler. They are built for the host CPU (``-march=native``); the cache key holds
-the source, the flags, the compiler and the CPU's model and flags, so a home directory shared
-by different machines never loads a library built for another CPU. The library links the
-OpenMP runtime PyTorch has already loaded (same soname), so the kernels share its threads.
+the source, the flags, the compiler (its path and version: a wrapper that adds flags, such as
+``-mno-avx512f``, reports its compiler's version) and the CPU's model and flags, so a home
+directory shared by different machines never loads a library built for another CPU. The
+library links the OpenMP runtime PyTorch has already loaded (same soname), so the kernels
+share its threads.
 
 Anything that goes wrong (no compiler, a failed build) leaves the kernels unavailable, with
 the reason in :func:`unavailable_reason`; callers then use the PyTorch reference.
@@ -72,7 +74,7 @@ def _build(cc: str) -> Path:
     headers = [src_dir / name for name in HEADERS]
     for part in (*[f.read_bytes() for f in sources + headers], " ".join(FLAGS).encode()):
         key.update(part)
-    key.update(_compiler_version(cc).encode())
+    key.update(cc.encode() + b"\0" + _compiler_version(cc).encode())
     key.update(_cpu_identity().encode())
     target = cache_dir() / f"leaflm_cpu_kernels-{key.hexdigest()[:16]}.so"
     if target.is_file():

@@ -32,3 +32,16 @@ def test_builds_are_cached_by_content(tmp_path, monkeypatch):
     first = build._build(cc)
     mtime = first.stat().st_mtime_ns
     assert build._build(cc) == first and first.stat().st_mtime_ns == mtime
+
+
+def test_a_compiler_wrapper_gets_its_own_build(tmp_path, monkeypatch):
+    """Same --version output, different flags (how the AVX2 path is built on AVX-512 hosts)."""
+    if build.library() is None:
+        pytest.skip(f"no working C compiler here: {build.unavailable_reason()}")
+    monkeypatch.setenv("LEAFLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(build, "SOURCES", ("rescore.c",))  # a small build is enough
+    cc = build.shutil.which("cc") or build.shutil.which("gcc")
+    wrapper = tmp_path / "cc-wrapper"
+    wrapper.write_text(f'#!/bin/sh\nexec {cc} "$@"\n')
+    wrapper.chmod(0o755)
+    assert build._build(str(wrapper)) != build._build(cc)

@@ -115,6 +115,43 @@ def test_kernel_matches_reference(name, m, n):
         assert err < 0.02, err
 
 
+# the quant bytes of each file block, and the two extreme byte values (all nibbles / 6-bit
+# values 0 or at their top; Q8_0: -128 and 127)
+_QUANT_BYTES = {
+    "Q4_0": (slice(2, 18), (0x00, 0xFF)), "Q4_1": (slice(4, 20), (0x00, 0xFF)),
+    "Q8_0": (slice(2, 34), (0x80, 0x7F)), "Q4_K": (slice(16, 144), (0x00, 0xFF)),
+    "Q6_K": (slice(0, 192), (0x00, 0xFF)),
+}  # fmt: skip
+
+
+@needs_c
+@pytest.mark.parametrize("name", TYPES)
+def test_kernel_integer_sums_at_their_extremes(name):
+    """Quants at their extremes times activations of +-127, every sign arrangement: the
+    largest integer dot products a block can have (AVX2 sums byte products in int16, which
+    saturates past 32767), summed over 24 rows (a panel and a half) and 5 activation rows."""
+    n, k = 24, 512
+    fmt = gguf_blocks.block_format(TYPES[name])
+    raw = gguf_blocks.random_blocks(TYPES[name], n, k, seed=7)
+    blocks = raw.reshape(n, k // fmt.elems, fmt.block_bytes)
+    where, (low, high) = _QUANT_BYTES[name]
+    rng = np.random.default_rng(0)
+    blocks[0, :, where], blocks[1, :, where] = high, low  # every quant at one end
+    mixed = rng.integers(0, 2, blocks[2:, :, where].shape).astype(bool)
+    blocks[2:, :, where] = np.where(mixed, high, low)
+    weight = gguf_gemm.pack_gguf_weight(raw, TYPES[name], n, k)
+    signs = torch.ones(5, k)
+    signs[1] = -1.0
+    signs[2, 1::2] = -1.0
+    signs[3] = torch.from_numpy(rng.choice([-1.0, 1.0], k)).float()
+    signs[4, 256:] = -1.0
+    x = signs * 0.5  # every block's amax: all activations quantize to +-127
+    assert gguf_gemm.quantize_activations(x)[0].abs().eq(127).all()
+    got = gguf_gemm.gguf_linear(x, weight)
+    want = gguf_gemm.reference_gguf_linear(x, weight).float()
+    torch.testing.assert_close(got, want, atol=1e-5 * want.abs().max().item(), rtol=1e-5)
+
+
 @needs_c
 @pytest.mark.parametrize("threads", [1, 2])
 def test_smollm_shapes_3d_strided_and_bias(threads):
@@ -138,6 +175,7 @@ def test_reference_op_runs_without_the_c_kernels(monkeypatch):
     weight = gguf_gemm.pack_gguf_weight(raw, TYPES["Q4_0"], 20, 64)
     x = torch.randn(3, 64)
     monkeypatch.setattr(build, "library", lambda: None)
+    assert gguf_gemm.simd() == "reference"
     got = gguf_gemm.gguf_linear(x, weight)
     torch.testing.assert_close(got, gguf_gemm.reference_gguf_linear(x, weight).float())
     with pytest.raises(ValueError, match="float32"):
@@ -169,5 +207,7 @@ def test_library_declares_the_kernels():
     assert lib.leaflm_gguf_unit_bytes(14) == 16 * 210  # Q6_K: the file's own size
     assert lib.leaflm_gguf_unit_bytes(13) == 0  # Q5_K: no kernel
     assert isinstance(lib.leaflm_gguf_vnni(), int)
+    assert gguf_gemm.simd() in ("AVX-512 VNNI", "AVX2", "portable C")
+    assert (gguf_gemm.simd() == "AVX-512 VNNI") == gguf_gemm.vnni()
     gemm_fn = lib.leaflm_gguf_gemm.fn  # calls go through the CPU-graph recorder
     assert isinstance(gemm_fn, ctypes._CFuncPtr) and gemm_fn.argtypes

@@ -186,5 +186,5 @@ def _attach_gguf_blocks(model: torch.nn.Module, config: ModelConfig) -> None:
     attached = attach_gguf_blocks(model, config.gguf_path, config.hf_config)
     logger.info(
         "quantization='gguf': %d linear layers on %s blocks (%s)", attached,
-        config.gguf_path.name, "AVX-512 VNNI" if gguf_gemm.vnni() else "portable C",
+        config.gguf_path.name, gguf_gemm.simd(),
     )  # fmt: skip

@@ -1,5 +1,8 @@
 """GGUF block kernels (Q4_1, Q8_0) against leaflm's float32 packed GEMM, on SmolLM-135M's shapes.
 
+Without AVX-512 (no packed GEMM) the fp32 column is left out and the GGUF kernels' own path
+(AVX2 or portable C) is timed alone.
+
 Each weight is cycled through enough copies that a pass streams it from memory (what a
 decode step does: every weight once per token), so batch 1 shows the bandwidth each format
 gets and batch 64 the compute. Figures are the best of ``--repeats`` passes: ms per call
@@ -47,18 +50,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    if not gemm.panel_width() or not gguf_gemm.available():
-        raise SystemExit("needs the C kernels with AVX-512 (LEAFLM_CPU_KERNELS=0?)")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, VNNI {gguf_gemm.vnni()}")
-    names = ["fp32", *FORMATS]
+    if not gguf_gemm.available():
+        raise SystemExit(f"needs the C kernels: {gguf_gemm.unavailable_reason()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {gguf_gemm.simd()}")
+    names = ["fp32", *FORMATS] if gemm.panel_width() else list(FORMATS)
     print("| shape | rows | " + " | ".join(f"{n} ms (GB/s)" for n in names) + " |")
     print("|---|---:|" + "---:|" * len(names))
     g = torch.Generator().manual_seed(0)
     for label, (n, k) in SHAPES.items():
         built = {}
-        w = torch.randn(n, k, generator=g) / 24
-        built["fp32"] = ([gemm.pack_weight(w) for _ in range(_copies(4 * n * k))], 4 * n * k)
-        del w
+        if "fp32" in names:
+            w = torch.randn(n, k, generator=g) / 24
+            built["fp32"] = ([gemm.pack_weight(w) for _ in range(_copies(4 * n * k))], 4 * n * k)
+            del w
         for name, qtype in FORMATS.items():
             raw = gguf_blocks.random_blocks(qtype, n, k, seed=n + qtype)
             nbytes = raw.nbytes

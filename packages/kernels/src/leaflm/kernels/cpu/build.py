@@ -2,9 +2,11 @@
 
 The sources are plain C with OpenMP: no PyTorch headers, so a build takes about a second with
 the system C compiler. They are built for the host CPU (``-march=native``); the cache key holds
-the source, the flags, the compiler and the CPU's model and flags, so a home directory shared
-by different machines never loads a library built for another CPU. The library links the
-OpenMP runtime PyTorch has already loaded (same soname), so the kernels share its threads.
+the source, the flags, the compiler (its path and version: a wrapper that adds flags, such as
+``-mno-avx512f``, reports its compiler's version) and the CPU's model and flags, so a home
+directory shared by different machines never loads a library built for another CPU. The
+library links the OpenMP runtime PyTorch has already loaded (same soname), so the kernels
+share its threads.
 
 Anything that goes wrong (no compiler, a failed build) leaves the kernels unavailable, with
 the reason in :func:`unavailable_reason`; callers then use the PyTorch reference.
@@ -27,7 +29,7 @@ SOURCES = (
     "paged_attention.c", "layers.c", "sampling.c", "gemm.c", "int8_gemm.c", "gguf_gemm.c",
     "rescore.c",
 )  # fmt: skip
-HEADERS = ("vec_math.h", "attention_vec.h")
+HEADERS = ("vec_math.h", "attention_vec.h", "gguf_gemm_avx2.h")
 FLAGS = (
     "-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fno-math-errno", "-std=c11",
     "-shared", "-fPIC",
@@ -72,7 +74,7 @@ def _build(cc: str) -> Path:
     headers = [src_dir / name for name in HEADERS]
     for part in (*[f.read_bytes() for f in sources + headers], " ".join(FLAGS).encode()):
         key.update(part)
-    key.update(_compiler_version(cc).encode())
+    key.update(cc.encode() + b"\0" + _compiler_version(cc).encode())
     key.update(_cpu_identity().encode())
     target = cache_dir() / f"leaflm_cpu_kernels-{key.hexdigest()[:16]}.so"
     if target.is_file():
@@ -170,6 +172,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     ]  # fmt: skip
     lib.leaflm_gguf_vnni.restype = ctypes.c_int
     lib.leaflm_gguf_vnni.argtypes = []
+    lib.leaflm_gguf_simd.restype = ctypes.c_char_p
+    lib.leaflm_gguf_simd.argtypes = []
     lib.leaflm_gguf_block_stride.restype = i64
     lib.leaflm_gguf_block_stride.argtypes = [ctypes.c_int]
     lib.leaflm_gguf_unit_bytes.restype = i64

@@ -5,8 +5,9 @@
  *
  * As llama.cpp does, the activations are quantized per call to blocks of 32 int8 values with
  * one fp32 scale (d = amax / 127, q = rint(x * 127 / amax)) and the products are integer
- * dot products (AVX-512 VNNI `vpdpbusd`: unsigned weight bytes times signed activations),
- * scaled per block in fp32. With S = sum q_x over a block (S16 over 16 inputs):
+ * dot products (AVX-512 VNNI `vpdpbusd`: unsigned weight bytes times signed activations;
+ * without VNNI, AVX2 byte multiply-adds in gguf_gemm_avx2.h, else a portable loop), scaled
+ * per block in fp32. With S = sum q_x over a block (S16 over 16 inputs):
  *   Q4_0: d_w d_x (dot - 8 S)                  Q4_1: d_w d_x dot + m_w d_x S
  *   Q8_0: d_w d_x dot                          (q_w signed: x goes in as x + 128, unsigned,
  *                                               and 128 sum q_w is taken off again)
@@ -33,13 +34,19 @@
 
 #include <omp.h>
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define GGUF_VNNI 1
 #else
 #define GGUF_VNNI 0
+#endif
+/* Without VNNI: AVX2 byte multiply-adds (gguf_gemm_avx2.h), else the portable loop. */
+#if !GGUF_VNNI && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define GGUF_AVX2 1
+#else
+#define GGUF_AVX2 0
 #endif
 
 #define QK 32   /* inputs per block */
@@ -75,6 +82,11 @@ int64_t leaflm_gguf_block_stride(int type) { return is_k(type) ? 0 : unit_bytes(
 int64_t leaflm_gguf_unit_bytes(int type) { return unit_bytes(type); }
 
 int leaflm_gguf_vnni(void) { return GGUF_VNNI; }
+
+/* The instruction set the tiles were built for. */
+const char *leaflm_gguf_simd(void) {
+    return GGUF_VNNI ? "AVX-512 VNNI" : GGUF_AVX2 ? "AVX2" : "portable C";
+}
 
 /* Where block b's quants start, and its super-block's fp16 scales (simple types: after the
  * quants). */
@@ -149,6 +161,36 @@ static void quantize_row(const float *x, int64_t K, int8_t *q, float *d, int32_t
         _mm_storeu_si128((__m128i *)(q + b * QK + 16), _mm512_cvtsepi32_epi8(qhi));
         s[2 * b] = _mm512_reduce_add_epi32(qlo);
         s[2 * b + 1] = _mm512_reduce_add_epi32(qhi);
+    }
+    return;
+#elif defined(__AVX2__)
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    /* packs_epi32 / packs_epi16 interleave their inputs per 128-bit half: dwords back */
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t b = 0; b < K / QK; ++b) {
+        __m256 v[4];
+        for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(x + b * QK + 8 * i);
+        const __m256 m8 = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        d[b] = amax / 127.0f;
+        __m256i qi[4];
+        for (int i = 0; i < 4; ++i)
+            qi[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
+        const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]),
+                                                 _mm256_packs_epi32(qi[2], qi[3]));
+        _mm256_storeu_si256((__m256i *)(q + b * QK), _mm256_permutevar8x32_epi32(bytes, order));
+        for (int half = 0; half < 2; ++half) {
+            const __m256i t = _mm256_add_epi32(qi[2 * half], qi[2 * half + 1]);
+            __m128i u = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+            u = _mm_add_epi32(u, _mm_shuffle_epi32(u, _MM_SHUFFLE(1, 0, 3, 2)));
+            u = _mm_add_epi32(u, _mm_shuffle_epi32(u, _MM_SHUFFLE(2, 3, 0, 1)));
+            s[2 * b + half] = _mm_cvtsi128_si32(u);
+        }
     }
     return;
 #endif
@@ -323,6 +365,8 @@ static void run_tile(
                                          : tiles_Q6_K;
     tiles[mr](panel, nb, xq, K, xd, xs, out, ldo, cols);
 }
+#elif GGUF_AVX2
+#include "gguf_gemm_avx2.h"
 #else
 /* Portable path: the same arithmetic, one row and one output at a time. */
 static void run_tile(

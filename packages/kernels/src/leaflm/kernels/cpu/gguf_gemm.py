@@ -52,9 +52,16 @@ def unavailable_reason() -> str | None:
 
 
 def vnni() -> bool:
-    """Whether the C kernel was built with AVX-512 VNNI (else its portable loop runs)."""
+    """Whether the C kernel was built with AVX-512 VNNI (see :func:`simd` for the others)."""
     lib = build.library()
     return bool(lib is not None and lib.leaflm_gguf_vnni())
+
+
+def simd() -> str:
+    """The path :func:`gguf_linear` runs: ``"AVX-512 VNNI"``, ``"AVX2"`` or ``"portable C"``
+    (what the C kernel was built with), or ``"reference"`` without the C kernels."""
+    lib = build.library()
+    return "reference" if lib is None else lib.leaflm_gguf_simd().decode()
 
 
 def gguf_linear(

@@ -26,13 +26,46 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction sets that decide which kernel paths run (a Zen 3 and a Zen 4 both read
+# "AMD EPYC"), in /proc/cpuinfo's spelling.
+SIMD_FLAGS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+)
+
+
+def _cpu_identity(cpuinfo: str) -> tuple[str | None, str | None]:
+    """("family F model M", the SIMD_FLAGS it has) from /proc/cpuinfo's text."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    family, model = fields.get("cpu family"), fields.get("model")
+    ident = f"family {family} model {model}" if family and model else None
+    have = set(fields.get("flags", "").split())
+    return ident, " ".join(f for f in SIMD_FLAGS if f in have) or None
+
+
 def describe_machine() -> dict[str, Any]:
-    """CPU model, cores, RAM, OS, Python, torch/transformers versions and the GPU if any."""
+    """CPU model (and family, model and SIMD flags), cores, RAM, OS, Python, torch/transformers versions and the GPU if any."""
     import torch
     import transformers
 
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            ident, simd = _cpu_identity(f.read())
+    except OSError:
+        ident, simd = None, None
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
+        "cpu_id": ident,
+        "cpu_simd": simd,
         "logical_cores": psutil.cpu_count(logical=True),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),

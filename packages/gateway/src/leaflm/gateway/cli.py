@@ -71,8 +71,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--kv-cache-dtype", default="auto",
         help="the KV cache's element type: auto (the model's dtype), float16 or bfloat16; "
-        "float16 halves what decode attention reads on a float32 CPU model (default: "
-        "%(default)s)",
+        "float16 halves what decode attention reads on a float32 CPU model (on CPU bfloat16 "
+        "runs the slower PyTorch attention) (default: %(default)s)",
     )  # fmt: skip
     e.add_argument(
         "--kv-cache-prefault", default="1GiB",

@@ -150,6 +150,13 @@ def test_reference_fallback_without_the_kernel(monkeypatch):
     torch.testing.assert_close(int8_gemm.int8_silu_and_mul(x, gated), expected)
 
 
+def test_simd_names_the_path():
+    assert int8_gemm.simd() in ("AVX-512 VNNI", "AVX2", "reference")
+    assert (int8_gemm.simd() == "reference") == (not int8_gemm.kernel_available())
+    widths = {"AVX-512 VNNI": 64, "AVX2": 16, "reference": int8_gemm.panel_width()}
+    assert int8_gemm.panel_width() == widths[int8_gemm.simd()]
+
+
 def test_bad_inputs_are_named():
     packed = int8_gemm.pack_weight(torch.randn(8, 16))
     with pytest.raises(ValueError, match="gated=True"):

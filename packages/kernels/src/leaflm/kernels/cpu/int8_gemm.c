@@ -19,13 +19,18 @@
  * groups of four: packed[((p*K4 + g)*NR + j)*4 + t] = W[p*NR + j, 4g + t] + 128, 128 (zero)
  * past N and K. One k-group of a panel is 4 vectors of 64 bytes read in order, so the weight
  * streams from memory front to back. A tile is MR rows x NR columns: MR*4 int32 and MR*4
- * float accumulators in registers, x's four bytes broadcast straight from memory. As in
+ * float accumulators in registers, x's four bytes broadcast straight from memory (the AVX2
+ * build: NR = 16, MR = 4, a k-group 2 vectors of 32 bytes). As in
  * gemm.c the threads take (row block, panel) items as they come free and each panel serves
  * every row of the block (blocks of fewer rows where there are few panels). A gated panel
  * holds NR/2 gate columns then the NR/2 matching up columns.
  *
- * `leaflm_int8_gemm_panel_width()` is 0 in a build without AVX-512 VNNI; callers then use the
- * PyTorch reference (leaflm.kernels.cpu.int8_gemm).
+ * Without VNNI, an AVX2 + FMA build runs the tile in int8_gemm_avx2.h: vpmaddubsw + vpmaddwd
+ * with the weight turned back to signed and the sign trick (the u8 form would saturate
+ * int16), so no +128 correction; the same integers and float arithmetic, the same bits as
+ * the VNNI build. `leaflm_int8_gemm_panel_width()` is the build's NR, or 0 in a build with
+ * neither (callers then use the PyTorch reference, leaflm.kernels.cpu.int8_gemm);
+ * `leaflm_int8_gemm_simd()` names the path.
  */
 #include <math.h>
 #include <stdint.h>
@@ -60,6 +65,17 @@ int leaflm_int8_gemm_panel_width(void) {
     return NR;
 #else
     return 0;
+#endif
+}
+
+/* The instruction set the tiles were built for ("none": callers use the PyTorch reference). */
+const char *leaflm_int8_gemm_simd(void) {
+#if defined(__AVX512VNNI__)
+    return "AVX-512 VNNI";
+#elif INT8_AVX2
+    return "AVX2";
+#else
+    return "none";
 #endif
 }
 

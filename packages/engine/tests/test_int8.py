@@ -1,7 +1,7 @@
-"""`quantization="int8"` in the engine: the VNNI kernel path equals the PyTorch reference op's
-path on tiny random models of several architectures (merged QKV with biases, gated MLPs,
-GPT-2's Conv1D, tied embeddings, ALiBi), TP=2 over the mp executor equals TP=1, and bad
-names or devices are a ValueError naming the known methods."""
+"""`quantization="int8"` in the engine: the C kernel path (AVX-512 VNNI or AVX2) equals the
+PyTorch reference op's path on tiny random models of several architectures (merged QKV with
+biases, gated MLPs, GPT-2's Conv1D, tied embeddings, ALiBi), TP=2 over the mp executor equals
+TP=1, and bad names or devices are a ValueError naming the known methods."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ ARCHS = {
     "llama_tied_mlp_bias": ("llama", {"tie_word_embeddings": True, "mlp_bias": True}),
 }
 needs_kernel = pytest.mark.skipif(
-    not int8_gemm.kernel_available(), reason="the int8 GEMM needs C kernels with AVX-512 VNNI"
+    not int8_gemm.kernel_available(), reason="the int8 GEMM needs C kernels (VNNI or AVX2)"
 )
 
 

@@ -24,7 +24,7 @@ MAX_MEAN_KL = 0.02
 MIN_TOP1 = {"int8": 0.95, "int8_lm_head": 0.935}
 
 
-@pytest.mark.skipif(not int8_gemm.kernel_available(), reason="needs the VNNI int8 kernel")
+@pytest.mark.skipif(not int8_gemm.kernel_available(), reason="needs the int8 kernel (VNNI or AVX2)")
 @pytest.mark.parametrize(
     ("quantization", "kv_cache_dtype"),
     [*((q, "auto") for q in MIN_TOP1), ("int8", "float16")],

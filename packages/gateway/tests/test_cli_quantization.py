@@ -36,7 +36,7 @@ def _first_logprobs(text_out: dict) -> list[float]:
     return text_out["choices"][0]["logprobs"]["token_logprobs"]
 
 
-@pytest.mark.skipif(not int8_gemm.kernel_available(), reason="needs the VNNI int8 kernel")
+@pytest.mark.skipif(not int8_gemm.kernel_available(), reason="needs the int8 kernel (VNNI or AVX2)")
 def test_int8_server_answers_with_the_int8_engine(tiny_model_dir):
     from leaflm.engine import LLM, SamplingParams
 

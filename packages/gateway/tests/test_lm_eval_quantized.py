@@ -32,7 +32,7 @@ def _run(model_dir, quantization):
         asyncio.run(llm.shutdown())
 
 
-@pytest.mark.skipif(not int8_gemm.kernel_available(), reason="needs the VNNI int8 kernel")
+@pytest.mark.skipif(not int8_gemm.kernel_available(), reason="needs the int8 kernel (VNNI or AVX2)")
 def test_int8_multiple_choice_accuracy_matches_float32(model_dir):
     (acc_f, samples_f), (acc_q, samples_q) = (_run(model_dir, q) for q in (None, "int8"))
     deltas = [

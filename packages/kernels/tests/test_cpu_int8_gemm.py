@@ -1,5 +1,5 @@
-"""The W8A8 GEMM (AVX-512 VNNI) against its PyTorch reference op, and the reference against
-F.linear: odd sizes that leave partial panels, k-groups and activation blocks, batch 1 to
+"""The W8A8 GEMM (AVX-512 VNNI or AVX2) against its PyTorch reference op, and the reference
+against F.linear: odd sizes that leave partial panels, k-groups and activation blocks, batch 1 to
 past one row block, bias, gated SiLU, whole-row and blocked activation scales, one thread
 and two, and the reference fallback."""
 
@@ -13,7 +13,7 @@ from leaflm.kernels.cpu import int8_gemm
 from leaflm.kernels.reference import layers as ref_layers
 
 needs_kernel = pytest.mark.skipif(
-    not int8_gemm.kernel_available(), reason="the int8 GEMM needs C kernels with AVX-512 VNNI"
+    not int8_gemm.kernel_available(), reason="the int8 GEMM needs C kernels (VNNI or AVX2)"
 )
 
 
@@ -68,6 +68,28 @@ def test_smollm_shapes_one_thread_and_two(threads):
 
 
 @needs_kernel
+@pytest.mark.parametrize("pattern", ["all plus", "weights minus", "random signs"])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5])
+def test_extreme_products_are_exact(pattern, rows):
+    """Weights and activations all at +-127 (every pair of products at 2 * 127 * 127, where a
+    stored u8 weight of 255 fed to AVX2's saturating byte multiply-add would clip): the kernel's
+    sums are the exact integer dot products, as the reference's."""
+    g = torch.Generator().manual_seed(rows)
+    w, x = torch.ones(40, 96), torch.ones(rows, 96)
+    if pattern == "weights minus":
+        w = -w
+    elif pattern == "random signs":
+        w = torch.randint(0, 2, w.shape, generator=g).float() * 2 - 1
+        x = torch.randint(0, 2, x.shape, generator=g).float() * 2 - 1
+    q, s = int8_gemm.quantize_weight(w)
+    assert q.abs().min() == 127 and torch.equal(s, torch.full((40,), 1 / 127))
+    exact = (x.double() * 127) @ (w.double() * 127).t()  # the int32 dot products
+    got = int8_gemm.int8_linear(x, int8_gemm.pack_weight(w), None)
+    assert torch.equal(torch.round(got.double() * 127 * 127), exact)
+    torch.testing.assert_close(got, int8_gemm.int8_linear_reference(x, q, s, None))
+
+
+@needs_kernel
 def test_three_dim_strided_inputs_and_rows():
     w, _, _ = _inputs(0, 70, 24, 3)
     packed = int8_gemm.pack_weight(w)
@@ -113,7 +135,7 @@ def test_quantization_is_symmetric_per_row():
 
 
 def test_reference_fallback_without_the_kernel(monkeypatch):
-    """No VNNI build: the weight stays plain int8 and every call runs the reference op."""
+    """No kernel build: the weight stays plain int8 and every call runs the reference op."""
     monkeypatch.setattr(int8_gemm, "panel_width", lambda: 0)
     w, b, x = _inputs(3, 40, 24, 9)
     packed = int8_gemm.pack_weight(w)
@@ -126,6 +148,13 @@ def test_reference_fallback_without_the_kernel(monkeypatch):
     gated = int8_gemm.pack_weight(w, gated=True)
     expected = ref_layers.silu_and_mul(int8_gemm.int8_linear_reference(x, q, s, None))
     torch.testing.assert_close(int8_gemm.int8_silu_and_mul(x, gated), expected)
+
+
+def test_simd_names_the_path():
+    assert int8_gemm.simd() in ("AVX-512 VNNI", "AVX2", "reference")
+    assert (int8_gemm.simd() == "reference") == (not int8_gemm.kernel_available())
+    widths = {"AVX-512 VNNI": 64, "AVX2": 16, "reference": int8_gemm.panel_width()}
+    assert int8_gemm.panel_width() == widths[int8_gemm.simd()]
 
 
 def test_bad_inputs_are_named():

@@ -1,7 +1,9 @@
 """float32 packed GEMM against the W8A8 int8 GEMM on SmolLM2-135M's shapes.
 
-Per shape (``gate_up`` is the merged gate/up weight with the SiLU gate fused in both
-kernels; ``lm_head`` is the tied 49152-row head) and batch size, the best of ``--repeats``
+The float32 GEMM is leaflm's (AVX-512) or oneDNN's, the int8 one AVX-512 VNNI or AVX2 (the
+header line names both). Per shape (``gate_up`` is the merged gate/up weight with the SiLU
+gate fused, except in oneDNN's, which runs it after; ``lm_head`` is the tied 49152-row head)
+and batch size, the best of ``--repeats``
 passes over enough copies of the weight that each call streams it from memory, as a decode
 step does (weights cold); ms per call, and for batch 1 the weight bytes streamed per second.
 
@@ -15,6 +17,7 @@ import time
 
 import torch
 
+from leaflm import kernels
 from leaflm.kernels.cpu import gemm, int8_gemm
 
 SHAPES = {
@@ -31,11 +34,17 @@ COLD_BYTES = 256 * 2**20  # copies of each packed weight: at least this much, pa
 def _kernels(name: str, w: torch.Tensor):
     gated = name.startswith("gate_up")
     if gated:
-        fp = gemm.pack_gated_weight(w)
         q = int8_gemm.pack_weight(w, gated=True)
+        fp = gemm.pack_gated_weight(w)
+        if fp is None:  # oneDNN (no AVX-512): the linear, then the SiLU gate
+            return gemm.pack_weight(w), q, _onednn_silu_and_mul, int8_gemm.int8_silu_and_mul
         return fp, q, gemm.packed_silu_and_mul, int8_gemm.int8_silu_and_mul
     fp, q = gemm.pack_weight(w), int8_gemm.pack_weight(w)
     return fp, q, gemm.packed_linear, int8_gemm.int8_linear
+
+
+def _onednn_silu_and_mul(x: torch.Tensor, w: gemm.PackedWeight) -> torch.Tensor:
+    return kernels.silu_and_mul(gemm.packed_linear(x, w))
 
 
 def _best_ms(fn, inputs, weights, repeats: int) -> float:
@@ -53,9 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    if not gemm.panel_width() or not int8_gemm.kernel_available():
-        raise SystemExit("needs the C kernels with AVX-512 (float32) and AVX-512 VNNI (int8)")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, weights cold")
+    if not gemm.packing_available() or not int8_gemm.kernel_available():
+        raise SystemExit("needs packed float32 weights and the int8 C kernel (VNNI or AVX2)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, weights cold, "
+        f"float32 {gemm.linear_backend()}, int8 {int8_gemm.simd()}"
+    )
     print("| shape | rows | float32 ms | int8 ms | int8 speed-up | float32 GB/s | int8 GB/s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     g = torch.Generator().manual_seed(0)

@@ -29,7 +29,7 @@ SOURCES = (
     "paged_attention.c", "layers.c", "sampling.c", "gemm.c", "int8_gemm.c", "gguf_gemm.c",
     "rescore.c",
 )  # fmt: skip
-HEADERS = ("vec_math.h", "attention_vec.h", "gguf_gemm_avx2.h")
+HEADERS = ("vec_math.h", "attention_vec.h", "gguf_gemm_avx2.h", "int8_gemm_avx2.h")
 FLAGS = (
     "-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fno-math-errno", "-std=c11",
     "-shared", "-fPIC",
@@ -160,6 +160,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.leaflm_gemm_silu_mul.argtypes = [p, i64, p, p, i64, i64, i64, i64, ctypes.c_int]
     lib.leaflm_int8_gemm_panel_width.restype = ctypes.c_int
     lib.leaflm_int8_gemm_panel_width.argtypes = []
+    lib.leaflm_int8_gemm_simd.restype = ctypes.c_char_p
+    lib.leaflm_int8_gemm_simd.argtypes = []
     lib.leaflm_int8_gemm.restype = None
     lib.leaflm_int8_gemm.argtypes = [
         p, i64, p, p, p, p, p, p, p, i64,  # x, ldx, xq, xs, xn, packed, scales, bias, out, ldo

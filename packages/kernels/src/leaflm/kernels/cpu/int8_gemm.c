@@ -19,13 +19,18 @@
  * groups of four: packed[((p*K4 + g)*NR + j)*4 + t] = W[p*NR + j, 4g + t] + 128, 128 (zero)
  * past N and K. One k-group of a panel is 4 vectors of 64 bytes read in order, so the weight
  * streams from memory front to back. A tile is MR rows x NR columns: MR*4 int32 and MR*4
- * float accumulators in registers, x's four bytes broadcast straight from memory. As in
+ * float accumulators in registers, x's four bytes broadcast straight from memory (the AVX2
+ * build: NR = 16, MR = 4, a k-group 2 vectors of 32 bytes). As in
  * gemm.c the threads take (row block, panel) items as they come free and each panel serves
  * every row of the block (blocks of fewer rows where there are few panels). A gated panel
  * holds NR/2 gate columns then the NR/2 matching up columns.
  *
- * `leaflm_int8_gemm_panel_width()` is 0 in a build without AVX-512 VNNI; callers then use the
- * PyTorch reference (leaflm.kernels.cpu.int8_gemm).
+ * Without VNNI, an AVX2 + FMA build runs the tile in int8_gemm_avx2.h: vpmaddubsw + vpmaddwd
+ * with the weight turned back to signed and the sign trick (the u8 form would saturate
+ * int16), so no +128 correction; the same integers and float arithmetic, the same bits as
+ * the VNNI build. `leaflm_int8_gemm_panel_width()` is the build's NR, or 0 in a build with
+ * neither (callers then use the PyTorch reference, leaflm.kernels.cpu.int8_gemm);
+ * `leaflm_int8_gemm_simd()` names the path.
  */
 #include <math.h>
 #include <stdint.h>
@@ -35,20 +40,42 @@
 
 #include "vec_math.h"
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
+/* Without VNNI: AVX2 byte multiply-adds (int8_gemm_avx2.h), else the PyTorch reference. */
+#if !defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__)
+#define INT8_AVX2 1
+#else
+#define INT8_AVX2 0
+#endif
 
+#if INT8_AVX2
+#define NR 16
+#define MR 4
+#else
 #define NR 64
 #define MR 3
+#endif
 #define MC 192
 #define PARALLEL_MIN_MACS 131072
 
 int leaflm_int8_gemm_panel_width(void) {
-#ifdef __AVX512VNNI__
+#if defined(__AVX512VNNI__) || INT8_AVX2
     return NR;
 #else
     return 0;
+#endif
+}
+
+/* The instruction set the tiles were built for ("none": callers use the PyTorch reference). */
+const char *leaflm_int8_gemm_simd(void) {
+#if defined(__AVX512VNNI__)
+    return "AVX-512 VNNI";
+#elif INT8_AVX2
+    return "AVX2";
+#else
+    return "none";
 #endif
 }
 
@@ -90,6 +117,32 @@ static void quantize_row_avx512(
 }
 #endif
 
+#if defined(__AVX512VNNI__) || INT8_AVX2
+/* One tile row's NR products y (the weight row scales applied) into o: silu(gate) * up for a
+ * gated panel (NR/2 gate columns, then the matching up columns), else + bias (NULL: none). */
+static inline __attribute__((always_inline)) void store_row(
+    const float *restrict y, const int gated, const float *restrict bias, float *restrict o,
+    int cols
+) {
+    if (gated) {
+#pragma omp simd
+        for (int c = 0; c < cols; ++c) {
+            const float gv = y[c];
+            o[c] = gv / (1.0f + exp_clamped(-gv)) * y[NR / 2 + c];
+        }
+    } else if (bias) {
+#pragma omp simd
+        for (int c = 0; c < cols; ++c) o[c] = y[c] + bias[c];
+    } else {
+        memcpy(o, y, (size_t)cols * sizeof(float));
+    }
+}
+#endif
+
+#if INT8_AVX2
+#include "int8_gemm_avx2.h"
+#endif
+
 /* Row x [K] as int8 blocks of `block` (zeros past K, Kp = blocks * block values): per block
  * q = round(x * 127 / max|x|), its scale max|x| / 127 and -128 * sum(q). */
 static void quantize_row(
@@ -99,6 +152,11 @@ static void quantize_row(
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     if (block % 16 == 0) {
         quantize_row_avx512(x, K, block, blocks, q, scale, neg_sum);
+        return;
+    }
+#elif INT8_AVX2
+    if (block % 8 == 0) {
+        quantize_row_avx2(x, K, block, blocks, q, scale, neg_sum);
         return;
     }
 #endif
@@ -183,21 +241,12 @@ static inline __attribute__((always_inline)) void tile(
         float y[NR];
         for (int v = 0; v < 4; ++v)
             _mm512_storeu_ps(y + 16 * v, _mm512_mul_ps(acc[r][v], _mm512_loadu_ps(ws + 16 * v)));
-        float *o = out + r * ldo;
-        if (gated) {
-#pragma omp simd
-            for (int c = 0; c < cols; ++c) {
-                const float gv = y[c];
-                o[c] = gv / (1.0f + exp_clamped(-gv)) * y[NR / 2 + c];
-            }
-        } else if (bias) {
-#pragma omp simd
-            for (int c = 0; c < cols; ++c) o[c] = y[c] + bias[c];
-        } else {
-            memcpy(o, y, (size_t)cols * sizeof(float));
-        }
+        store_row(y, gated, bias, out + r * ldo, cols);
     }
 }
+#endif
+
+#if defined(__AVX512VNNI__) || INT8_AVX2
 
 typedef void (*TileFn)(
     int gated, const int8_t *xq, int64_t ldq, const float *xs, const int32_t *xn, int64_t ldb,
@@ -221,8 +270,12 @@ typedef void (*TileFn)(
 TILE_FOR(1)
 TILE_FOR(2)
 TILE_FOR(3)
-
+#if MR == 4
+TILE_FOR(4)
+static const TileFn tiles[MR + 1] = {NULL, tile_1, tile_2, tile_3, tile_4};
+#else
 static const TileFn tiles[MR + 1] = {NULL, tile_1, tile_2, tile_3};
+#endif
 #endif
 
 /* out [M, N] (rows ldo apart) = dequant(quant(x) W^T) + bias (NULL: none), x [M, K] rows ldx
@@ -235,13 +288,13 @@ void leaflm_int8_gemm(
     const float *ws, const float *bias, float *out, int64_t ldo, int64_t M, int64_t N,
     int64_t K, int64_t block, int gated, int num_threads
 ) {
-#ifdef __AVX512VNNI__
+#if defined(__AVX512VNNI__) || INT8_AVX2
     const int width = gated ? NR / 2 : NR;
     const int64_t blocks = (K + block - 1) / block, Kp = blocks * block;
     const int64_t panels = (N + width - 1) / width;
     const int threads = M * N * K < PARALLEL_MIN_MACS ? 1 : num_threads;
     /* Few panels (a 576-wide output has 9): split the rows too, so that the threads' shares
-     * even out; a panel (K x 64 bytes) read again by the next row block comes from L2. */
+     * even out; a panel (K x NR bytes) read again by the next row block comes from L2. */
     int64_t mc = MC;
     while (mc > 8 * MR && (M + mc - 1) / mc * panels < 8 * threads) mc /= 2;
     const int64_t items = (M + mc - 1) / mc * panels;

@@ -6,17 +6,19 @@ quantized the same way, one scale per ``block`` consecutive values (``ACT_BLOCK`
 llama.cpp's Q8_0 activations; ``block=None``: one scale for the whole row). The product is
 ``sum_b s_x[m, b] * (q_x[m, b] @ q_w[:, b].T)``, each block's dot product exact in int32, times
 ``s_w[n]``, plus the bias. `int8_linear_reference` defines that result in PyTorch; the C
-kernel (``int8_gemm.c``, AVX-512 VNNI) computes the same integers and differs only by float
-rounding (float64 here, where the kernel multiply-adds in float32).
+kernel (``int8_gemm.c``: AVX-512 VNNI, or AVX2 in ``int8_gemm_avx2.h``, see :func:`simd`)
+computes the same integers and differs only by float rounding (float64 here, where the kernel
+multiply-adds in float32; the two C paths give the same bits).
 
 Why blocks: on SmolLM2-135M a single scale per token put the mean next-token KL against
 float32 at 0.036 nats (top-1 agreement 88.5%): the RMSNorm outputs that feed q/k/v and
 gate/up have a few channels far larger than the rest, which then take the whole int8 range.
 Blocks of 32 give 0.007 nats (see ``leaflm.engine.quant_eval``) for ~1/8 more work per MAC.
 
-Where the C kernels are unavailable or were built without VNNI (:func:`kernel_available`), the
-weight is kept as plain ``[out, in]`` int8 and the reference computes every call: same
-results, slower (an int32 matmul in PyTorch).
+Where the C kernels are unavailable or were built with neither AVX-512 VNNI nor AVX2 + FMA
+(:func:`kernel_available`), the weight is kept as plain ``[out, in]`` int8 and the reference
+computes every call: same results, 10-70x slower than even the AVX2 kernel (int32 matmuls
+in PyTorch).
 """
 
 from __future__ import annotations
@@ -49,14 +51,23 @@ class Int8Weight:
 
 @functools.cache
 def panel_width() -> int:
-    """Columns per panel of the VNNI kernel, or 0 where the reference runs instead."""
+    """Columns per panel of the C kernel (64 for AVX-512 VNNI, 16 for AVX2), or 0 where the
+    reference runs instead."""
     lib = build.library()
     return int(lib.leaflm_int8_gemm_panel_width()) if lib is not None else 0
 
 
+def simd() -> str:
+    """The path :func:`int8_linear` runs: ``"AVX-512 VNNI"`` or ``"AVX2"`` (what the C kernel
+    was built with), or ``"reference"`` (no kernel here, or it disagrees with the reference)."""
+    if not kernel_available():
+        return "reference"
+    return build.require_library().leaflm_int8_gemm_simd().decode()
+
+
 @functools.cache
 def kernel_available() -> bool:
-    """Whether the VNNI kernel runs here and agrees with the reference."""
+    """Whether the C kernel (VNNI or AVX2) runs here and agrees with the reference."""
     if not panel_width():
         return False
     g = torch.Generator().manual_seed(0)

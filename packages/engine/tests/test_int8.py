@@ -127,6 +127,16 @@ def test_int8_stays_close_to_float(tiny_models):
     assert 0 < result.mean_kl < 0.01 and result.top1_agreement > 0.8
 
 
+def test_the_load_log_names_the_int8_path(tiny_models, caplog):
+    """Which tile runs (AVX-512 VNNI, AVX2 or the PyTorch reference) is in the load log."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="leaflm.engine"):
+        LLM(str(tiny_models("llama")), quantization="int8", kv_cache_memory="1MiB")
+    line = next(r.getMessage() for r in caplog.records if "linear weights (" in r.getMessage())
+    assert f"(int8, {int8_gemm.simd()})" in line, line
+
+
 @pytest.fixture(scope="module")
 def worker_pool():
     with WorkerPool(2) as pool:

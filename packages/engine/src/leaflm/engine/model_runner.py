@@ -23,7 +23,7 @@ from leaflm.engine.loader import load_weights
 from leaflm.engine.models.registry import resolve_model_class
 from leaflm.engine.scheduler import SchedulerOutput
 from leaflm.engine.step_input import StepInput, build_step_input
-from leaflm.kernels.cpu import gemm, hugepages, malloc_tuning
+from leaflm.kernels.cpu import gemm, hugepages, int8_gemm, malloc_tuning
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class ModelRunner:
                 packed = pack_for_cpu(self.model, quant)
             logger.info(
                 "packed %d linear weights (%s) in %.1f s", packed,
-                quant or gemm.linear_backend(), time.perf_counter() - start,
+                _packed_as(quant), time.perf_counter() - start,
             )  # fmt: skip
             malloc_tuning.release_free_heap()  # the freed plain weights' holes
             malloc_tuning.retain_freed_memory()  # activations are re-allocated every layer
@@ -169,6 +169,15 @@ def take_rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
     if rows == list(range(t.shape[0])):
         return t
     return t.index_select(0, torch.tensor(rows, dtype=torch.long, device=t.device))
+
+
+def _packed_as(quant: str | None) -> str:
+    """The path the packed linears run on, for the load log: int8 names its tile's ISA."""
+    if quant is None:
+        return gemm.linear_backend()
+    if quant.startswith("int8"):
+        return f"{quant}, {int8_gemm.simd()}"
+    return quant
 
 
 def _attach_gguf_blocks(model: torch.nn.Module, config: ModelConfig) -> None:

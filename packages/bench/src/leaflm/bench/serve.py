@@ -24,15 +24,16 @@ import httpx
 import requests
 
 from leaflm.bench.metrics import RequestRecord, summarize
+from leaflm.bench.offline import LEAFLM_VARIANTS
 from leaflm.bench.peers import PEER_TARGETS, TreePeakRss
-from leaflm.bench.servers import KINDS, LEAFLM_KINDS, ManagedServer, free_port, server_command
+from leaflm.bench.servers import KINDS, ManagedServer, free_port, server_command
 from leaflm.bench.sse import APIS, EOS_STYLES, Target, build_payload, stream_request
 from leaflm.bench.workload import BenchRequest, arrival_times
 
 # How each managed server is told to ignore EOS (see sse.EOS_STYLES): every kind takes
 # `ignore_eos` but transformers serve, which rejects it and takes a GenerationConfig as JSON.
 _IGNORE_EOS = {
-    **dict.fromkeys(LEAFLM_KINDS, "field"),
+    **dict.fromkeys(LEAFLM_VARIANTS, "field"),
     "naive": "field",
     "hf-serve": "generation_config",
     "hf-serve-cb": "generation_config",

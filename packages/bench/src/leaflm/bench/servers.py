@@ -20,13 +20,10 @@ from typing import TextIO
 import httpx
 
 from leaflm.bench.baselines import resolve_dtype
+from leaflm.bench.offline import LEAFLM_VARIANTS
 
 HOST = "127.0.0.1"
-# every leaflm variant of leaflm.bench.offline.LEAFLM_VARIANTS (spelled out: no engine import)
-LEAFLM_KINDS = tuple(
-    f"{base}{kv}" for kv in ("", "-kv16") for base in ("leaflm", "leaflm-int8", "leaflm-gguf")
-)
-KINDS = (*LEAFLM_KINDS, "hf-serve", "hf-serve-cb", "naive")
+KINDS = (*LEAFLM_VARIANTS, "hf-serve", "hf-serve-cb", "naive")
 
 
 def free_port() -> int:

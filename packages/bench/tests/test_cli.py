@@ -20,6 +20,18 @@ def test_bench_subcommands_are_registered():
     assert args.concurrency == [1, 4, 16, 64] and args.target == ["tgi=http://127.0.0.1:1"]
 
 
+def test_a_serving_sweep_sends_each_request_of_a_level_its_own_prompt():
+    """Repeated prompts would let a server's prompt cache skip their prefill and flatter TTFT."""
+    from leaflm.bench.run import serve_prompt_count
+
+    sweep = ["--concurrency", "1,4,16", "--requests-per-user", "10", "--max-requests", "160"]
+    parser = build_parser()
+    assert serve_prompt_count(parser.parse_args(["bench", "serve", *sweep])) == 160
+    assert serve_prompt_count(parser.parse_args(["bench", "serve", "--num-prompts", "8"])) == 8
+    report = parser.parse_args(["bench", "report", "--num-prompts", "64", *sweep])
+    assert report.num_prompts == 64 and serve_prompt_count(report) == 160  # offline keeps 64
+
+
 def test_bad_arguments_are_reported_not_raised(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "serve", "--concurrency", "0,4"])

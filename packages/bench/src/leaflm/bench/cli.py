@@ -175,7 +175,8 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serving sweep with Locust: leaflm vs HF servers vs URLs")
     _add_common(p, output_len=64)
     _add_serve_args(p)
-    p.add_argument("--num-prompts", type=int, default=64, help="distinct prompts to cycle through")
+    p.add_argument("--num-prompts", dest="serve_num_prompts", type=int, default=None,
+                   help="distinct prompts to cycle through (default: one per request)")  # fmt: skip
     p.add_argument("--out", default=None, help="also write a report into this directory")
     p.set_defaults(func=_dispatch("serve"))
 

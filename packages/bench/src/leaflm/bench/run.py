@@ -34,15 +34,36 @@ def _device(name: str) -> str:
     return name
 
 
-def _workload(args: argparse.Namespace, model_dir: Path, output_len: int) -> list[BenchRequest]:
+def _workload(
+    args: argparse.Namespace, model_dir: Path, output_len: int, num_prompts: int | None = None
+) -> list[BenchRequest]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    count = num_prompts or args.num_prompts
     if args.workload == "chat":
-        return chat_workload(tokenizer, args.num_prompts, args.system_prompts,
+        return chat_workload(tokenizer, count, args.system_prompts,
                              output_len=output_len, seed=args.seed)  # fmt: skip
-    return random_workload(tokenizer, args.num_prompts, args.input_len, output_len,
+    return random_workload(tokenizer, count, args.input_len, output_len,
                            args.range_ratio, args.seed)  # fmt: skip
+
+
+def serve_prompt_count(args: argparse.Namespace) -> int:
+    """Distinct prompts a serving sweep sends: `--num-prompts` for `bench serve` if given,
+    else one per request of its largest level, as `vllm bench serve` does.
+
+    Cycling fewer prompts repeats whole prompts, which a server's prompt cache (llama-server's
+    slots, leaflm's prefix cache) answers without a prefill: TTFT would measure the cache.
+    """
+    from leaflm.bench.serve import level_requests
+
+    asked = getattr(args, "serve_num_prompts", None)
+    if asked:
+        return int(asked)
+    return max(
+        level_requests(users, args.requests_per_user, args.min_requests, args.max_requests)
+        for users in args.concurrency
+    )
 
 
 def _command() -> str:
@@ -51,7 +72,9 @@ def _command() -> str:
 
 def _config(args: argparse.Namespace, model_dir: Path, device: str) -> dict[str, Any]:
     cfg = {"model": str(model_dir), "device": device, "dtype": args.dtype,
-           "workload": args.workload, "num_prompts": args.num_prompts, "seed": args.seed}  # fmt: skip
+           "workload": args.workload, "seed": args.seed}  # fmt: skip
+    if getattr(args, "num_prompts", None):  # the offline workload's (serving has serve_prompts)
+        cfg["num_prompts"] = args.num_prompts
     if args.workload == "random":
         cfg.update(input_len=args.input_len, range_ratio=args.range_ratio)
     else:
@@ -95,7 +118,7 @@ def _serving(
         parse_target(t, eos_style="min_tokens" if t.split("=", 1)[0] in min_tokens else "")
         for t in args.target
     ]
-    requests = _workload(args, model_dir, output_len)
+    requests = _workload(args, model_dir, output_len, serve_prompt_count(args))
     return run_serve(specs, requests, str(model_dir), args.concurrency, log_dir,
                      slo=parse_slo(args.slo), per_user=args.requests_per_user,
                      min_requests=args.min_requests, max_requests=args.max_requests,
@@ -150,7 +173,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"problem: {problem}")
     if args.out:
         results = _base_results(args, model_dir, device)
-        results["config"]["serve_output_len"] = args.output_len
+        results["config"].update(
+            serve_output_len=args.output_len, serve_prompts=serve_prompt_count(args)
+        )
         results.update(
             title="leaflm serving sweep", serving=rows, serving_raw=raw, problems=problems
         )
@@ -237,6 +262,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         _print_offline(offline)
     if not args.skip_serving:
         results["config"].update(serve_output_len=args.serve_output_len,
+                                 serve_prompts=serve_prompt_count(args),
                                  concurrency=args.concurrency, slo=args.slo,
                                  requests_per_user=args.requests_per_user,
                                  max_requests=args.max_requests,

@@ -29,7 +29,9 @@ SOURCES = (
     "paged_attention.c", "layers.c", "sampling.c", "gemm.c", "int8_gemm.c", "gguf_gemm.c",
     "rescore.c",
 )  # fmt: skip
-HEADERS = ("vec_math.h", "attention_vec.h", "gguf_gemm_avx2.h", "int8_gemm_avx2.h")
+HEADERS = (
+    "vec_math.h", "attention_vec.h", "gguf_gemm_avx2.h", "int8_gemm_avx2.h", "panel_prefetch.h"
+)
 FLAGS = (
     "-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fno-math-errno", "-std=c11",
     "-shared", "-fPIC",

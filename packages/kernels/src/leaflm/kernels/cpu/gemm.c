@@ -25,6 +25,7 @@
 
 #include <omp.h>
 
+#include "panel_prefetch.h"
 #include "vec_math.h"
 
 #define NR 48
@@ -80,8 +81,7 @@ static inline __attribute__((always_inline)) void tile(
             __builtin_prefetch(ahead + 64, 0, 3);
             __builtin_prefetch(ahead + 128, 0, 3);
         }
-        for (next_due += next_lines; next_due >= K; next_due -= K, next += 64)
-            __builtin_prefetch(next, 0, 2);
+        next = prefetch_step(next, &next_due, next_lines, K);
         const vec16 w0 = w[0], w1 = w[1], w2 = w[2];
 #pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {
@@ -153,12 +153,10 @@ static const TileFn tiles[MR + 1] = {
     NULL, tile_1, tile_2, tile_3, tile_4, tile_5, tile_6, tile_7, tile_8,
 };
 
-/* (row block, panel) items handed to the threads as they come free; `width` output columns
- * per panel. A thread claims its next item before it starts the current one, so the tiles
- * after the first can pull the next panel into L2 while they compute from the current one:
- * the first tile over a panel then reads L2, not memory. With weights from memory (a decode
- * step), one layer's GEMMs for 64 rows took 4.4 ms before and 2.6 ms after on a Sapphire
- * Rapids VM: each panel's first tile had waited on memory with its FMAs idle. */
+/* (row block, panel) items handed to the threads as they come free, each claimed one ahead
+ * so that its panel is in L2 when it starts (panel_prefetch.h: with weights from memory, one
+ * layer's GEMMs for 64 rows took 4.4 ms before and 2.6 ms after on a Sapphire Rapids VM);
+ * `width` output columns per panel. */
 static void gemm_panels(
     const float *x, int64_t ldx, const float *packed, const float *bias, float *out,
     int64_t ldo, int64_t M, int64_t N, int64_t K, int num_threads, int gated
@@ -178,20 +176,16 @@ static void gemm_panels(
             const int64_t m1 = m0 + MC < M ? m0 + MC : M;
             const int cols = N - p * width < width ? (int)(N - p * width) : width;
             const float *panel = packed + p * K * NR;
-            const char *ahead =
-                next < items ? (const char *)(packed + next % panels * K * NR) : NULL;
-            /* Each tile after the first prefetches its share of the next panel's lines. */
-            const int64_t later_tiles = (m1 - m0 + MR - 1) / MR - 1;
-            const int64_t share = later_tiles ? (panel_lines + later_tiles - 1) / later_tiles : 0;
+            const char *ahead = (const char *)(packed + next % panels * K * NR);
+            const int64_t tiles_here = (m1 - m0 + MR - 1) / MR;
             float *o = out + p * width;
             for (int64_t m = m0, t = 0; m < m1; m += MR, ++t) {
                 const int mr = m1 - m < MR ? (int)(m1 - m) : MR;
-                const int64_t first = t ? (t - 1) * share : panel_lines;
-                const int64_t left = ahead && first < panel_lines ? panel_lines - first : 0;
-                const int64_t lines = left < share ? left : share;
+                int64_t first = 0;
+                const int64_t lines =
+                    next < items ? next_panel_share(tiles_here, t, panel_lines, &first) : 0;
                 tiles[mr](gated, x + m * ldx, ldx, panel, K, bias ? bias + p * NR : NULL,
-                          o + m * ldo, ldo, cols, m == m0, lines ? ahead + first * 64 : NULL,
-                          lines);
+                          o + m * ldo, ldo, cols, m == m0, ahead + first * 64, lines);
             }
             item = next;
         }

@@ -38,6 +38,7 @@
 
 #include <omp.h>
 
+#include "panel_prefetch.h"
 #include "vec_math.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -199,11 +200,13 @@ static inline __attribute__((always_inline)) void tile(
     const int mr, const int gated, const int8_t *restrict xq, int64_t ldq,
     const float *restrict xs, const int32_t *restrict xn, int64_t ldb, const uint8_t *restrict panel,
     int64_t block4, int64_t blocks, const float *restrict ws, const float *restrict bias,
-    float *restrict out, int64_t ldo, int cols
+    float *restrict out, int64_t ldo, int cols, const char *next, int64_t next_lines
 ) {
     __m512 f00, f01, f02, f03, f10, f11, f12, f13, f20, f21, f22, f23;
     ZERO4(f, 0) = ZERO4(f, 1) = ZERO4(f, 2) = _mm512_setzero_ps();
+    int64_t due = 0;
     for (int64_t b = 0; b < blocks; ++b) {
+        next = prefetch_step(next, &due, next_lines, blocks);
         __m512i i00, i01, i02, i03, i10, i11, i12, i13, i20, i21, i22, i23;
         ZERO4(i, 0) = _mm512_set1_epi32(xn[b]);
         ZERO4(i, 1) = mr > 1 ? _mm512_set1_epi32(xn[ldb + b]) : _mm512_setzero_si512();
@@ -251,21 +254,22 @@ static inline __attribute__((always_inline)) void tile(
 typedef void (*TileFn)(
     int gated, const int8_t *xq, int64_t ldq, const float *xs, const int32_t *xn, int64_t ldb,
     const uint8_t *panel, int64_t block4, int64_t blocks, const float *ws, const float *bias,
-    float *out, int64_t ldo, int cols
+    float *out, int64_t ldo, int cols, const char *next, int64_t next_lines
 );
 
 #define TILE_FOR(ROWS)                                                                         \
     static void tile_##ROWS(                                                                   \
         int gated, const int8_t *xq, int64_t ldq, const float *xs, const int32_t *xn,          \
         int64_t ldb, const uint8_t *panel, int64_t block4, int64_t blocks, const float *ws,    \
-        const float *bias, float *out, int64_t ldo, int cols                                   \
+        const float *bias, float *out, int64_t ldo, int cols, const uint8_t *next,             \
+        int64_t next_lines                                                                     \
     ) {                                                                                        \
         if (gated)                                                                             \
             tile(ROWS, 1, xq, ldq, xs, xn, ldb, panel, block4, blocks, ws, NULL, out, ldo,     \
-                 cols);                                                                        \
+                 cols, next, next_lines);                                                      \
         else                                                                                   \
             tile(ROWS, 0, xq, ldq, xs, xn, ldb, panel, block4, blocks, ws, bias, out, ldo,     \
-                 cols);                                                                        \
+                 cols, next, next_lines);                                                      \
     }
 TILE_FOR(1)
 TILE_FOR(2)
@@ -298,24 +302,34 @@ void leaflm_int8_gemm(
     int64_t mc = MC;
     while (mc > 8 * MR && (M + mc - 1) / mc * panels < 8 * threads) mc /= 2;
     const int64_t items = (M + mc - 1) / mc * panels;
+    const int64_t panel_lines = Kp * NR / 64;
+    int64_t claimed = 0;
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
         for (int64_t m = 0; m < M; ++m)
             quantize_row(x + m * ldx, K, block, blocks, xq + m * Kp, xs + m * blocks,
                          xn + m * blocks);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < items; ++item) {
+        /* A thread claims its next item before it starts the current one (panel_prefetch.h). */
+        int64_t item = __atomic_fetch_add(&claimed, 1, __ATOMIC_RELAXED);
+        while (item < items) {
+            const int64_t next = __atomic_fetch_add(&claimed, 1, __ATOMIC_RELAXED);
             const int64_t m0 = item / panels * mc, p = item % panels;
             const int64_t m1 = m0 + mc < M ? m0 + mc : M;
             const int cols = N - p * width < width ? (int)(N - p * width) : width;
             const uint8_t *panel = packed + p * Kp * NR;
-            for (int64_t m = m0; m < m1; m += MR) {
+            const char *ahead = (const char *)(packed + next % panels * Kp * NR);
+            const int64_t tiles_here = (m1 - m0 + MR - 1) / MR;
+            for (int64_t m = m0, t = 0; m < m1; m += MR, ++t) {
                 const int mr = m1 - m < MR ? (int)(m1 - m) : MR;
+                int64_t first = 0;
+                const int64_t lines =
+                    next < items ? next_panel_share(tiles_here, t, panel_lines, &first) : 0;
                 tiles[mr](gated, xq + m * Kp, Kp, xs + m * blocks, xn + m * blocks, blocks,
                           panel, block / 4, blocks, ws + p * NR, bias ? bias + p * width : NULL,
-                          out + m * ldo + p * width, ldo, cols);
+                          out + m * ldo + p * width, ldo, cols, ahead + first * 64, lines);
             }
+            item = next;
         }
     }
 #else

@@ -77,14 +77,16 @@ static inline __attribute__((always_inline)) void tile(
     const int mr, const int gated, const int8_t *restrict xq, int64_t ldq,
     const float *restrict xs, const int32_t *restrict xn, int64_t ldb, const uint8_t *restrict panel,
     int64_t block4, int64_t blocks, const float *restrict ws, const float *restrict bias,
-    float *restrict out, int64_t ldo, int cols
+    float *restrict out, int64_t ldo, int cols, const char *next, int64_t next_lines
 ) {
     (void)xn;
     const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
     __m256 f[MR][2];
 #pragma GCC unroll 4
     for (int r = 0; r < MR; ++r) f[r][0] = f[r][1] = _mm256_setzero_ps();
+    int64_t due = 0;
     for (int64_t b = 0; b < blocks; ++b) {
+        next = prefetch_step(next, &due, next_lines, blocks);
         __m256i d[MR][2];
 #pragma GCC unroll 4
         for (int r = 0; r < MR; ++r) d[r][0] = d[r][1] = _mm256_setzero_si256();

@@ -30,8 +30,8 @@ SOURCES = (
     "rescore.c",
 )  # fmt: skip
 HEADERS = (
-    "vec_math.h", "attention_vec.h", "gguf_gemm_avx2.h", "int8_gemm_avx2.h", "panel_prefetch.h"
-)
+    "vec_math.h", "attention_vec.h", "gguf_gemm_avx2.h", "int8_gemm_avx2.h", "panel_prefetch.h",
+)  # fmt: skip
 FLAGS = (
     "-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fno-math-errno", "-std=c11",
     "-shared", "-fPIC",

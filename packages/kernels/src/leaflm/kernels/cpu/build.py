@@ -30,7 +30,7 @@ SOURCES = (
     "rescore.c",
 )  # fmt: skip
 HEADERS = (
-    "vec_math.h", "attention_vec.h", "gguf_gemm_avx2.h", "int8_gemm_avx2.h", "panel_prefetch.h",
+    "vec_math.h", "attention_vec.h", "gguf_gemm_avx2.h", "int8_gemm_avx2.h", "panel_items.h",
 )  # fmt: skip
 FLAGS = (
     "-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fno-math-errno", "-std=c11",

@@ -5,9 +5,10 @@
  * threads (1.45-1.75x its one-thread speed on SmolLM's 576- and 960-wide projections), and a
  * decode step is ~120 such GEMMs. Here the threads take weight panels one at a time, stream
  * each from memory once and apply it to every row, so two threads run ~2x one. Panels are
- * handed out dynamically: a worker that slept between two GEMMs (OpenMP's short spin, see
- * leaflm.engine) joins late, and the thread already running takes more panels meanwhile
- * (~3% faster whole runs than a fixed half each, six interleaved pairs).
+ * handed out dynamically, each thread's next one pulled into L2 ahead (panel_items.h): a
+ * worker that slept between two GEMMs (OpenMP's short spin, see leaflm.engine) joins late,
+ * and the thread already running takes more panels meanwhile (~3% faster whole runs than a
+ * fixed half each, six interleaved pairs).
  *
  * Layout (see leaflm.kernels.cpu.gemm.pack_weight): panel p is W[p*NR : (p+1)*NR, :]
  * transposed, k-major: packed[(p*K + k)*NR + j] = W[p*NR + j, k], zero past N. A tile is
@@ -25,7 +26,7 @@
 
 #include <omp.h>
 
-#include "panel_prefetch.h"
+#include "panel_items.h"
 #include "vec_math.h"
 
 #define NR 48
@@ -153,43 +154,34 @@ static const TileFn tiles[MR + 1] = {
     NULL, tile_1, tile_2, tile_3, tile_4, tile_5, tile_6, tile_7, tile_8,
 };
 
-/* (row block, panel) items handed to the threads as they come free, each claimed one ahead
- * so that its panel is in L2 when it starts (panel_prefetch.h: with weights from memory, one
- * layer's GEMMs for 64 rows took 4.4 ms before and 2.6 ms after on a Sapphire Rapids VM);
- * `width` output columns per panel. */
+/* One GEMM's operands, for its tiles (panel_items.h hands them out). */
+typedef struct {
+    const float *x, *packed, *bias;
+    float *out;
+    int64_t ldx, ldo, K;
+    int gated, width;
+} Gemm;
+
+static void run_tile(const void *gemm, const PanelTile *t) {
+    const Gemm *g = gemm;
+    tiles[t->mr](g->gated, g->x + t->m * g->ldx, g->ldx, g->packed + t->p * g->K * NR, g->K,
+                 g->bias ? g->bias + t->p * NR : NULL, g->out + t->m * g->ldo + t->p * g->width,
+                 g->ldo, t->cols, t->first_tile, t->ahead, t->lines);
+}
+
+/* `width` output columns per panel: NR, or NR/2 for gated panels. */
 static void gemm_panels(
     const float *x, int64_t ldx, const float *packed, const float *bias, float *out,
     int64_t ldo, int64_t M, int64_t N, int64_t K, int num_threads, int gated
 ) {
     const int width = gated ? NR / 2 : NR;
+    const Gemm g = {x, packed, bias, out, ldx, ldo, K, gated, width};
     const int64_t panels = (N + width - 1) / width;
     const int threads = 2 * M * N * K < PARALLEL_MIN_FLOPS ? 1 : num_threads;
-    const int64_t items = (M + MC - 1) / MC * panels;
-    const int64_t panel_lines = K * NR * (int64_t)sizeof(float) / 64;
     int64_t claimed = 0;
 #pragma omp parallel num_threads(threads)
-    {
-        int64_t item = __atomic_fetch_add(&claimed, 1, __ATOMIC_RELAXED);
-        while (item < items) {
-            const int64_t next = __atomic_fetch_add(&claimed, 1, __ATOMIC_RELAXED);
-            const int64_t m0 = item / panels * MC, p = item % panels;
-            const int64_t m1 = m0 + MC < M ? m0 + MC : M;
-            const int cols = N - p * width < width ? (int)(N - p * width) : width;
-            const float *panel = packed + p * K * NR;
-            const char *ahead = (const char *)(packed + next % panels * K * NR);
-            const int64_t tiles_here = (m1 - m0 + MR - 1) / MR;
-            float *o = out + p * width;
-            for (int64_t m = m0, t = 0; m < m1; m += MR, ++t) {
-                const int mr = m1 - m < MR ? (int)(m1 - m) : MR;
-                int64_t first = 0;
-                const int64_t lines =
-                    next < items ? next_panel_share(tiles_here, t, panel_lines, &first) : 0;
-                tiles[mr](gated, x + m * ldx, ldx, panel, K, bias ? bias + p * NR : NULL,
-                          o + m * ldo, ldo, cols, m == m0, ahead + first * 64, lines);
-            }
-            item = next;
-        }
-    }
+    run_panel_items(&claimed, M, N, MC, MR, panels, width, packed,
+                    K * NR * (int64_t)sizeof(float), run_tile, &g);
 }
 
 /* out [M, N] (rows ldo apart) = x [M, K] (rows ldx apart) W^T + bias (NULL: none). */

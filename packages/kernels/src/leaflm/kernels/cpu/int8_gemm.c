@@ -38,7 +38,7 @@
 
 #include <omp.h>
 
-#include "panel_prefetch.h"
+#include "panel_items.h"
 #include "vec_math.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -261,7 +261,7 @@ typedef void (*TileFn)(
     static void tile_##ROWS(                                                                   \
         int gated, const int8_t *xq, int64_t ldq, const float *xs, const int32_t *xn,          \
         int64_t ldb, const uint8_t *panel, int64_t block4, int64_t blocks, const float *ws,    \
-        const float *bias, float *out, int64_t ldo, int cols, const uint8_t *next,             \
+        const float *bias, float *out, int64_t ldo, int cols, const char *next,                \
         int64_t next_lines                                                                     \
     ) {                                                                                        \
         if (gated)                                                                             \
@@ -280,6 +280,29 @@ static const TileFn tiles[MR + 1] = {NULL, tile_1, tile_2, tile_3, tile_4};
 #else
 static const TileFn tiles[MR + 1] = {NULL, tile_1, tile_2, tile_3};
 #endif
+#endif
+
+#if defined(__AVX512VNNI__) || INT8_AVX2
+/* One GEMM's quantized operands, for its tiles (panel_items.h hands them out). */
+typedef struct {
+    const int8_t *xq;
+    const float *xs;
+    const int32_t *xn;
+    const uint8_t *packed;
+    const float *ws, *bias;
+    float *out;
+    int64_t Kp, blocks, block, ldo;
+    int gated, width;
+} Int8Gemm;
+
+static void run_tile(const void *gemm, const PanelTile *t) {
+    const Int8Gemm *g = gemm;
+    tiles[t->mr](g->gated, g->xq + t->m * g->Kp, g->Kp, g->xs + t->m * g->blocks,
+                 g->xn + t->m * g->blocks, g->blocks, g->packed + t->p * g->Kp * NR,
+                 g->block / 4, g->blocks, g->ws + t->p * NR,
+                 g->bias ? g->bias + t->p * g->width : NULL,
+                 g->out + t->m * g->ldo + t->p * g->width, g->ldo, t->cols, t->ahead, t->lines);
+}
 #endif
 
 /* out [M, N] (rows ldo apart) = dequant(quant(x) W^T) + bias (NULL: none), x [M, K] rows ldx
@@ -301,8 +324,7 @@ void leaflm_int8_gemm(
      * even out; a panel (K x NR bytes) read again by the next row block comes from L2. */
     int64_t mc = MC;
     while (mc > 8 * MR && (M + mc - 1) / mc * panels < 8 * threads) mc /= 2;
-    const int64_t items = (M + mc - 1) / mc * panels;
-    const int64_t panel_lines = Kp * NR / 64;
+    const Int8Gemm g = {xq, xs, xn, packed, ws, bias, out, Kp, blocks, block, ldo, gated, width};
     int64_t claimed = 0;
 #pragma omp parallel num_threads(threads)
     {
@@ -310,27 +332,7 @@ void leaflm_int8_gemm(
         for (int64_t m = 0; m < M; ++m)
             quantize_row(x + m * ldx, K, block, blocks, xq + m * Kp, xs + m * blocks,
                          xn + m * blocks);
-        /* A thread claims its next item before it starts the current one (panel_prefetch.h). */
-        int64_t item = __atomic_fetch_add(&claimed, 1, __ATOMIC_RELAXED);
-        while (item < items) {
-            const int64_t next = __atomic_fetch_add(&claimed, 1, __ATOMIC_RELAXED);
-            const int64_t m0 = item / panels * mc, p = item % panels;
-            const int64_t m1 = m0 + mc < M ? m0 + mc : M;
-            const int cols = N - p * width < width ? (int)(N - p * width) : width;
-            const uint8_t *panel = packed + p * Kp * NR;
-            const char *ahead = (const char *)(packed + next % panels * Kp * NR);
-            const int64_t tiles_here = (m1 - m0 + MR - 1) / MR;
-            for (int64_t m = m0, t = 0; m < m1; m += MR, ++t) {
-                const int mr = m1 - m < MR ? (int)(m1 - m) : MR;
-                int64_t first = 0;
-                const int64_t lines =
-                    next < items ? next_panel_share(tiles_here, t, panel_lines, &first) : 0;
-                tiles[mr](gated, xq + m * Kp, Kp, xs + m * blocks, xn + m * blocks, blocks,
-                          panel, block / 4, blocks, ws + p * NR, bias ? bias + p * width : NULL,
-                          out + m * ldo + p * width, ldo, cols, ahead + first * 64, lines);
-            }
-            item = next;
-        }
+        run_panel_items(&claimed, M, N, mc, MR, panels, width, packed, Kp * NR, run_tile, &g);
     }
 #else
     (void)x, (void)ldx, (void)xq, (void)xs, (void)xn, (void)packed, (void)ws, (void)bias;

@@ -156,7 +156,7 @@ static const TileFn tiles[MR + 1] = {
 
 /* One GEMM's operands, for its tiles (panel_items.h hands them out). */
 typedef struct {
-    const float *x, *packed, *bias;
+    const float *x, *bias;
     float *out;
     int64_t ldx, ldo, K;
     int gated, width;
@@ -164,7 +164,7 @@ typedef struct {
 
 static void run_tile(const void *gemm, const PanelTile *t) {
     const Gemm *g = gemm;
-    tiles[t->mr](g->gated, g->x + t->m * g->ldx, g->ldx, g->packed + t->p * g->K * NR, g->K,
+    tiles[t->mr](g->gated, g->x + t->m * g->ldx, g->ldx, (const float *)t->panel, g->K,
                  g->bias ? g->bias + t->p * NR : NULL, g->out + t->m * g->ldo + t->p * g->width,
                  g->ldo, t->cols, t->first_tile, t->ahead, t->lines);
 }
@@ -175,7 +175,7 @@ static void gemm_panels(
     int64_t ldo, int64_t M, int64_t N, int64_t K, int num_threads, int gated
 ) {
     const int width = gated ? NR / 2 : NR;
-    const Gemm g = {x, packed, bias, out, ldx, ldo, K, gated, width};
+    const Gemm g = {x, bias, out, ldx, ldo, K, gated, width};
     const int64_t panels = (N + width - 1) / width;
     const int threads = 2 * M * N * K < PARALLEL_MIN_FLOPS ? 1 : num_threads;
     int64_t claimed = 0;

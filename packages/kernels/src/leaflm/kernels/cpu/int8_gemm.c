@@ -288,7 +288,6 @@ typedef struct {
     const int8_t *xq;
     const float *xs;
     const int32_t *xn;
-    const uint8_t *packed;
     const float *ws, *bias;
     float *out;
     int64_t Kp, blocks, block, ldo;
@@ -298,7 +297,7 @@ typedef struct {
 static void run_tile(const void *gemm, const PanelTile *t) {
     const Int8Gemm *g = gemm;
     tiles[t->mr](g->gated, g->xq + t->m * g->Kp, g->Kp, g->xs + t->m * g->blocks,
-                 g->xn + t->m * g->blocks, g->blocks, g->packed + t->p * g->Kp * NR,
+                 g->xn + t->m * g->blocks, g->blocks, (const uint8_t *)t->panel,
                  g->block / 4, g->blocks, g->ws + t->p * NR,
                  g->bias ? g->bias + t->p * g->width : NULL,
                  g->out + t->m * g->ldo + t->p * g->width, g->ldo, t->cols, t->ahead, t->lines);
@@ -324,7 +323,7 @@ void leaflm_int8_gemm(
      * even out; a panel (K x NR bytes) read again by the next row block comes from L2. */
     int64_t mc = MC;
     while (mc > 8 * MR && (M + mc - 1) / mc * panels < 8 * threads) mc /= 2;
-    const Int8Gemm g = {xq, xs, xn, packed, ws, bias, out, Kp, blocks, block, ldo, gated, width};
+    const Int8Gemm g = {xq, xs, xn, ws, bias, out, Kp, blocks, block, ldo, gated, width};
     int64_t claimed = 0;
 #pragma omp parallel num_threads(threads)
     {

@@ -15,13 +15,13 @@
 
 #include <stdint.h>
 
-/* A tile to run: rows [m, m + mr) of the item's row block against panel p, whose first
- * output column is p * width; `first_tile`: the first tile over the panel (it streams it);
- * it prefetches `lines` lines from `ahead` over its steps (prefetch_step). */
+/* A tile to run: rows [m, m + mr) of the item's row block against panel p (at `panel`),
+ * whose first output column is p * width; `first_tile`: the first tile over the panel (it
+ * streams it); it prefetches `lines` lines from `ahead` over its steps (prefetch_step). */
 typedef struct {
     int64_t m, p;
     int mr, cols, first_tile;
-    const char *ahead;
+    const char *panel, *ahead;
     int64_t lines;
 } PanelTile;
 
@@ -52,7 +52,8 @@ static inline __attribute__((always_inline)) void run_panel_items(
         const int64_t m1 = m0 + mc < M ? m0 + mc : M;
         const char *ahead = (const char *)packed + next % panels * panel_bytes;
         const int64_t tiles = (m1 - m0 + mr - 1) / mr;
-        PanelTile tile = {.p = p, .cols = (int)(N - p * width < width ? N - p * width : width)};
+        PanelTile tile = {.p = p, .cols = (int)(N - p * width < width ? N - p * width : width),
+                          .panel = (const char *)packed + p * panel_bytes};
         for (int64_t t = 0; t < tiles; ++t) {
             int64_t first;
             tile.m = m0 + t * mr;
